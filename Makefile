@@ -1,0 +1,33 @@
+# Two commands do all set-up: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROMPT ?= PA chest radiograph of an adult. No acute cardiopulmonary abnormality.
+
+.PHONY: install test demo bench clean-venv
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Re-install only when the package metadata changes (idempotent and quick when .venv exists).
+$(STAMP): setup.cfg pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install --quiet -e ".[train,app,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -q tests
+
+demo: install
+	HF_HUB_OFFLINE=1 $(PY) -m cxr_diffusers.cli generate pretrained/cxr-ldm-small \
+		--prompt "$(PROMPT)" --num-images 4 --steps 25 --seed 0 --output-dir outputs/demo --grid
+
+bench: install
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_pipeline.py
+
+clean-venv:
+	rm -rf $(VENV)

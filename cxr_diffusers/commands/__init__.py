@@ -1,0 +1,1 @@
+"""Sub-commands of the `cxr-diffusers` CLI; each module exposes `register(subparsers)`."""

@@ -1,0 +1,39 @@
+"""Shared pytest fixtures.
+
+Tests that need the real radiographs in `../shared/data` use the `shared_data` fixture, which skips the test when
+that folder is absent (set `CXR_SHARED_DATA` to point elsewhere). `fixtures_dir` holds the few real X-rays shipped
+with the project (see tests/fixtures/ATTRIBUTION.md).
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
+
+
+def shared_data_dir() -> Path:
+    return Path(os.environ.get("CXR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    root = shared_data_dir()
+    if not root.is_dir():
+        pytest.skip(f"real data not available at {root}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return FIXTURES_DIR
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """Tests never touch the network."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
