@@ -10,6 +10,12 @@ from pathlib import Path
 
 import pytest
 
+# huggingface_hub reads these when it is imported, so set them before any test module imports diffusers.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
 
@@ -29,11 +35,3 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES_DIR
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    """Tests never touch the network."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")

@@ -1,0 +1,26 @@
+"""Image grids for validation samples, comparisons and the README."""
+
+from __future__ import annotations
+
+from PIL import Image, ImageDraw
+
+
+def make_grid(
+    images: list[Image.Image], cols: int | None = None, labels: list[str] | None = None, pad: int = 2
+) -> Image.Image:
+    """Tile equally sized grayscale images into one image (row-major), with optional captions under each tile."""
+    if not images:
+        raise ValueError("make_grid needs at least one image.")
+    cols = cols or len(images)
+    rows = (len(images) + cols - 1) // cols
+    width, height = images[0].size
+    caption = 14 if labels else 0
+    grid = Image.new("L", (cols * (width + pad) + pad, rows * (height + caption + pad) + pad), color=0)
+    draw = ImageDraw.Draw(grid)
+    for index, image in enumerate(images):
+        row, col = divmod(index, cols)
+        x, y = pad + col * (width + pad), pad + row * (height + caption + pad)
+        grid.paste(image.convert("L").resize((width, height)), (x, y))
+        if labels:
+            draw.text((x + 2, y + height + 1), str(labels[index])[: max(4, width // 6)], fill=255)
+    return grid

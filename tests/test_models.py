@@ -1,0 +1,158 @@
+"""Model classes: shapes, dtypes, save/load round trips, named configurations and published parameter counts."""
+
+import json
+
+import pytest
+import torch
+
+from cxr_diffusers import (
+    CXRAutoencoderKL,
+    CXRInputError,
+    CXRTextEncoder,
+    CXRUNet2DConditionModel,
+    MODEL_CONFIGS,
+    get_model_config,
+)
+from cxr_diffusers.models import offline_bert_path
+
+
+def count(module, trainable=False):
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return get_model_config("tiny")
+
+
+def test_vae_shapes_and_distribution(tiny):
+    vae = CXRAutoencoderKL(**tiny["vae"]).eval()
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+    posterior = vae.encode(x).latent_dist
+    assert posterior.mean.shape == (2, 8, 8, 8)  # 8x downsampling, 8 latent channels
+    z = posterior.sample(generator=torch.Generator().manual_seed(0))
+    assert z.shape == (2, 8, 8, 8)
+    assert posterior.kl().shape == (2,)
+    assert vae.decode(z).sample.shape == (2, 1, 64, 64)
+    assert vae(x).sample.shape == x.shape
+
+
+def test_vae_attention_only_at_two_lowest_levels():
+    vae = CXRAutoencoderKL()
+    kinds = [type(b).__name__ for b in vae.encoder.down_blocks]
+    assert kinds == ["DownEncoderBlock2D", "DownEncoderBlock2D", "AttnDownEncoderBlock2D", "AttnDownEncoderBlock2D"]
+    assert [type(b).__name__ for b in vae.decoder.up_blocks][:2] == ["AttnUpDecoderBlock2D"] * 2
+    assert vae.config.latent_channels == 8 and vae.config.in_channels == 1
+    assert "scaling_factor" in vae.config
+
+
+def test_vae_rejects_bad_input(tiny):
+    vae = CXRAutoencoderKL(**tiny["vae"])
+    with pytest.raises(CXRInputError, match="shape"):
+        vae.encode(torch.zeros(1, 3, 64, 64))
+    with pytest.raises(CXRInputError, match="multiples of 8"):
+        vae.encode(torch.zeros(1, 1, 60, 64))
+
+
+def test_unet_forward_with_mask(tiny):
+    unet = CXRUNet2DConditionModel(**tiny["unet"]).eval()
+    sample = torch.randn(2, 8, 8, 8)
+    states = torch.randn(2, 5, 32)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    out = unet(sample, torch.tensor([10, 500]), states, encoder_attention_mask=mask).sample
+    assert out.shape == sample.shape and out.dtype == torch.float32
+    # Padding tokens are masked out: changing them must not change the output of the first sample.
+    states2 = states.clone()
+    states2[0, 3:] = torch.randn(2, 32)
+    out2 = unet(sample, torch.tensor([10, 500]), states2, encoder_attention_mask=mask).sample
+    torch.testing.assert_close(out[0], out2[0], atol=1e-5, rtol=1e-5)
+    # Cross-attention really uses the text.
+    out3 = unet(sample, torch.tensor([10, 500]), torch.randn(2, 5, 32), encoder_attention_mask=mask).sample
+    assert not torch.allclose(out, out3)
+
+
+def test_unet_rejects_bad_input(tiny):
+    unet = CXRUNet2DConditionModel(**tiny["unet"])
+    with pytest.raises(CXRInputError, match="cross_attention_dim"):
+        unet(torch.randn(1, 8, 8, 8), 1, torch.randn(1, 4, 16))
+    with pytest.raises(CXRInputError, match="multiples of 2"):
+        unet(torch.randn(1, 8, 7, 8), 1, torch.randn(1, 4, 32))
+
+
+def test_text_encoder_outputs_and_freeze(tiny):
+    enc = CXRTextEncoder(**tiny["text_encoder"]).eval()
+    ids = torch.tensor([[101, 2000, 102, 0]])
+    out = enc(ids, attention_mask=torch.tensor([[1, 1, 1, 0]]))
+    assert out.last_hidden_state.shape == (1, 4, 32)
+    assert out.attention_mask.tolist() == [[1, 1, 1, 0]]
+    trainable = {n.split(".")[0] for n, p in enc.named_parameters() if p.requires_grad}
+    assert trainable == {"projection", "norm"}
+    enc.freeze_body(False)
+    assert all(p.requires_grad for p in enc.parameters())
+    with pytest.raises(CXRInputError, match="vocabulary"):
+        enc(torch.tensor([[10**6]]))
+
+
+def test_text_encoder_from_offline_bert_keeps_weights():
+    from transformers import BertModel
+
+    enc = CXRTextEncoder.from_bert(None, projection_dim=64)
+    reference = BertModel.from_pretrained(offline_bert_path(), add_pooling_layer=False)
+    torch.testing.assert_close(
+        enc.bert.embeddings.word_embeddings.weight, reference.embeddings.word_embeddings.weight
+    )
+    assert enc.config.bert_config["hidden_size"] == 384
+    assert count(enc, trainable=True) == 384 * 64 + 64 + 2 * 64
+
+
+def test_text_encoder_from_bert_missing_checkpoint():
+    from cxr_diffusers import ModelLoadingError
+
+    with pytest.raises(ModelLoadingError, match="Could not load a BERT"):
+        CXRTextEncoder.from_bert("/nonexistent/bert")
+
+
+@pytest.mark.parametrize("cls", [CXRAutoencoderKL, CXRUNet2DConditionModel, CXRTextEncoder])
+def test_save_load_round_trip_is_exact(tmp_path, tiny, cls):
+    key = {CXRAutoencoderKL: "vae", CXRUNet2DConditionModel: "unet", CXRTextEncoder: "text_encoder"}[cls]
+    model = cls(**tiny[key]).eval()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").exists()
+    assert not list(tmp_path.glob("*.bin"))
+    loaded = cls.from_pretrained(tmp_path).eval()
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    def public(config):  # JSON view: tuples become lists on disk
+        return json.loads(json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")}))
+
+    assert public(loaded.config) == public(model.config)
+
+
+def test_named_configurations_exist_and_reject_typos():
+    assert set(MODEL_CONFIGS) == {"tiny", "small", "base"}
+    with pytest.raises(CXRInputError, match="tiny, small, base"):
+        get_model_config("huge")
+
+
+def test_base_reproduces_published_parameter_counts():
+    """The seed's published sizes: VAE 3.25M, UNet 39.66M, BioBERT text encoder 108.9M with ~593K trainable."""
+    config = get_model_config("base")
+    with torch.device("meta"):
+        vae = CXRAutoencoderKL(**config["vae"])
+        unet = CXRUNet2DConditionModel(**config["unet"])
+        text = CXRTextEncoder(**config["text_encoder"])
+    assert text.bert.config.vocab_size == 28996 and text.bert.config.hidden_size == 768
+    assert text.bert.config.num_hidden_layers == 12
+    assert count(vae) == pytest.approx(3.25e6, rel=0.05)
+    assert count(unet) == pytest.approx(39.66e6, rel=0.05)
+    assert count(text) == pytest.approx(108.9e6, rel=0.05)
+    assert count(text, trainable=True) == pytest.approx(593e3, rel=0.05)
+
+
+def test_parameter_counts_grow_tiny_small_base():
+    sizes = []
+    for name in ("tiny", "small", "base"):
+        config = get_model_config(name)
+        with torch.device("meta"):
+            sizes.append(count(CXRUNet2DConditionModel(**config["unet"])))
+    assert sizes[0] < 2e6 < sizes[1] < sizes[2]
