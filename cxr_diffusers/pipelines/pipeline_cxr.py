@@ -10,8 +10,10 @@ metadata (see `cxr_diffusers.provenance`).
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -89,8 +91,8 @@ class CXRPipeline(DiffusionPipeline):
         path = os.fspath(pretrained_model_name_or_path)
         if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "model_index.json")):
             raise ModelLoadingError(f"{path!r} is a folder but has no model_index.json: it is not a saved CXRPipeline.")
-        looks_local = os.path.sep in path.rstrip(os.path.sep) or path.startswith(".") or path.count("/") > 1
-        if looks_local and not os.path.isdir(path):
+        looks_like_repo_id = re.fullmatch(r"[\w.-]+(/[\w.-]+)?", path) is not None and not path.startswith(".")
+        if not looks_like_repo_id and not os.path.isdir(path):
             raise ModelLoadingError(f"Model folder {path!r} does not exist.")
         try:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
@@ -293,6 +295,8 @@ class CXRPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         latents = self.prepare_latents(batch, height, width, prompt_embeds.dtype, device, generator, latents)
+        # Stochastic schedulers (DDPM, ancestral samplers) draw their noise from the same generator.
+        step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
 
         # 3. denoising loop (both guidance branches in one batch)
         with self.progress_bar(total=len(timesteps)) as progress:
@@ -308,7 +312,7 @@ class CXRPipeline(DiffusionPipeline):
                 if do_cfg:
                     noise_uncond, noise_text = noise_pred.chunk(2)
                     noise_pred = noise_uncond + guidance_scale * (noise_text - noise_uncond)
-                latents = self.scheduler.step(noise_pred, t, latents).prev_sample
+                latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
 
                 if callback_on_step_end is not None:
                     available = {
