@@ -13,11 +13,11 @@ from .image_quality import (
 
 __all__ = [
     "contrast_ratio",
-    "rms_contrast",
-    "local_contrast",
     "entropy",
-    "sharpness",
+    "local_contrast",
     "psnr",
-    "ssim",
     "quality_metrics",
+    "rms_contrast",
+    "sharpness",
+    "ssim",
 ]

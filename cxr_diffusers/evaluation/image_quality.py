@@ -18,13 +18,13 @@ from ..errors import CXRInputError
 
 __all__ = [
     "contrast_ratio",
-    "rms_contrast",
-    "local_contrast",
     "entropy",
-    "sharpness",
+    "local_contrast",
     "psnr",
-    "ssim",
     "quality_metrics",
+    "rms_contrast",
+    "sharpness",
+    "ssim",
 ]
 
 

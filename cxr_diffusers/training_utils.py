@@ -1,0 +1,253 @@
+"""Helpers shared by the accelerate scripts in `train_scripts/` (data, config files, checkpoints, plots).
+
+The scripts stay readable top to bottom like diffusers' `examples/`; what would otherwise be copied into each of them
+lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .errors import CXRInputError, DataError
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+
+# ----------------------------------------------------------------------------------------------------- config files
+def apply_config_file(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse `argv`; values in the JSON file given by `--config` become defaults that explicit flags override."""
+    args, _ = parser.parse_known_args(argv)
+    if getattr(args, "config", None):
+        path = Path(args.config)
+        if not path.is_file():
+            parser.error(f"--config file {path} does not exist")
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            parser.error(f"--config file {path} is not valid JSON: {err}")
+        known = {action.dest for action in parser._actions}
+        unknown = sorted(set(values) - known - {"comment", "_comment"})
+        if unknown:
+            parser.error(f"--config file {path} has unknown keys: {', '.join(unknown)}")
+        parser.set_defaults(**{k: v for k, v in values.items() if k in known})
+    return parser.parse_args(argv)
+
+
+def check_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
+    """`parser.error` (one line, exit code 2) unless every named numeric flag is > 0."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            parser.error(f"--{name} must be positive, got {value}")
+
+
+# ----------------------------------------------------------------------------------------------------- data
+def load_training_dataset(train_data_dir: str | None = None, dataset_name: str | None = None, split: str = "train"):
+    """
+    The split `split` of a dataset: a folder written by `cxr-diffusers data build` / `save_to_disk`, a folder of
+    images (optionally with metadata.csv), or a Hub dataset id (`dataset_name`, also from the local Hub cache).
+    """
+    import datasets
+
+    if train_data_dir:
+        root = Path(train_data_dir)
+        if not root.exists():
+            raise DataError(f"--train_data_dir {root} does not exist.")
+        if (root / "dataset_dict.json").is_file() or (root / "dataset_info.json").is_file():
+            data = datasets.load_from_disk(str(root))
+        else:
+            from .data import load_image_folder
+
+            data = load_image_folder(str(root))
+    elif dataset_name:
+        data = datasets.load_dataset(dataset_name)
+    else:
+        raise DataError("Give --train_data_dir (a built dataset or image folder) or --dataset_name.")
+    if isinstance(data, datasets.DatasetDict):
+        if split not in data:
+            raise DataError(f"The dataset has no {split!r} split (it has {', '.join(data)}).")
+        data = data[split]
+    if "image" not in data.column_names:
+        raise DataError(f"The dataset has no 'image' column (columns: {', '.join(data.column_names)}).")
+    return data
+
+
+def image_to_tensor(image, resolution: int | None = None) -> torch.Tensor:
+    """PIL image -> float tensor (1, H, W) in [-1, 1], resized/padded to `resolution` with aspect ratio kept."""
+    image = image.convert("L")
+    if resolution is not None and image.size != (resolution, resolution):
+        from .data.transforms import resize_and_pad
+
+        image = resize_and_pad(image, resolution)
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array)[None]
+
+
+def random_crop(tensor: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random `size` x `size` crop of a (C, H, W) tensor (uses the torch RNG, restored by accelerate on resume)."""
+    _, height, width = tensor.shape
+    if size > height or size > width:
+        raise CXRInputError(f"crop size {size} is larger than the image ({height}x{width}).")
+    top = int(torch.randint(0, height - size + 1, (1,), generator=generator))
+    left = int(torch.randint(0, width - size + 1, (1,), generator=generator))
+    return tensor[:, top : top + size, left : left + size]
+
+
+# ----------------------------------------------------------------------------------------------------- checkpoints
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """`checkpoint-<step>` folders in `output_dir`, oldest first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and CHECKPOINT_PATTERN.match(p.name)]
+    return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
+
+
+def resolve_resume_checkpoint(output_dir: str, resume_from_checkpoint: str | None) -> Path | None:
+    """The checkpoint folder to resume from (`latest`, a folder name in `output_dir`, or a path), or None."""
+    if not resume_from_checkpoint:
+        return None
+    if resume_from_checkpoint == "latest":
+        checkpoints = list_checkpoints(output_dir)
+        return checkpoints[-1] if checkpoints else None
+    path = Path(resume_from_checkpoint)
+    if not path.is_dir():
+        path = Path(output_dir) / resume_from_checkpoint
+    if not path.is_dir():
+        raise CXRInputError(f"--resume_from_checkpoint {resume_from_checkpoint!r} not found (looked in {output_dir}).")
+    return path
+
+
+def checkpoint_step(path: Path) -> int:
+    match = CHECKPOINT_PATTERN.match(path.name)
+    if not match:
+        raise CXRInputError(f"{path} is not a checkpoint-<step> folder.")
+    return int(match.group(1))
+
+
+def prune_checkpoints(output_dir: str, total_limit: int | None) -> None:
+    """Delete the oldest checkpoints so that, after saving one more, at most `total_limit` remain."""
+    if not total_limit:
+        return
+    checkpoints = list_checkpoints(output_dir)
+    for old in checkpoints[: max(0, len(checkpoints) - total_limit + 1)]:
+        shutil.rmtree(old)
+
+
+def register_diffusers_checkpoint_hooks(accelerator, models: dict[str, Any], ema_models: dict[str, Any] | None = None):
+    """
+    Make `accelerator.save_state` write each model with `save_pretrained` (diffusers format, safetensors) into
+    `<checkpoint>/<name>` and `load_state` read them back, as diffusers' examples do. `models` maps a folder name to
+    the (unwrapped) model; `ema_models` maps a folder name to an `EMAModel`.
+    """
+    ema_models = ema_models or {}
+
+    def save_hook(wrapped_models, weights, output_dir):
+        if accelerator.is_main_process:
+            for name, ema in ema_models.items():
+                ema.save_pretrained(os.path.join(output_dir, name))
+            for name, model in models.items():
+                model.save_pretrained(os.path.join(output_dir, name))
+        while weights:  # models are saved above; don't let accelerate pickle them again
+            weights.pop()
+
+    def load_hook(wrapped_models, input_dir):
+        from diffusers.training_utils import EMAModel
+
+        for name, ema in ema_models.items():
+            loaded = EMAModel.from_pretrained(os.path.join(input_dir, name), type(ema_model_of(ema, models, name)))
+            ema.load_state_dict(loaded.state_dict())
+            ema.to(accelerator.device)
+            del loaded
+        for name, model in models.items():
+            loaded = type(model).from_pretrained(os.path.join(input_dir, name))
+            model.register_to_config(**{k: v for k, v in loaded.config.items() if not k.startswith("_")})
+            model.load_state_dict(loaded.state_dict())
+            del loaded
+        while wrapped_models:
+            wrapped_models.pop()
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def ema_model_of(ema, models: dict[str, Any], ema_name: str):
+    """The model an EMA folder such as `unet_ema` shadows (`unet`)."""
+    base = ema_name[: -len("_ema")] if ema_name.endswith("_ema") else ema_name
+    if base not in models:
+        raise CXRInputError(f"EMA folder {ema_name!r} has no matching model in {list(models)}.")
+    return models[base]
+
+
+# ----------------------------------------------------------------------------------------------------- plots and logs
+def save_loss_plot(history: dict[str, list[tuple[int, float]]], path: str | os.PathLike, title: str = "") -> None:
+    """Plot named (step, value) series on a log axis (smoothed) into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, points in history.items():
+        if not points:
+            continue
+        steps, values = zip(*points)
+        values = np.asarray(values, dtype=np.float64)
+        window = max(1, len(values) // 50)
+        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1 :], smooth, label=name)
+    ax.set_xlabel("step")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+class JsonlLogger:
+    """Append metrics as JSON lines (readable without tensorboard) and keep them for plots."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.history: dict[str, list[tuple[int, float]]] = {}
+        if self.path.exists():  # resumed run: keep the earlier curve
+            for line in self.path.read_text().splitlines():
+                record = json.loads(line)
+                for key, value in record.items():
+                    if key != "step" and isinstance(value, (int, float)):
+                        self.history.setdefault(key, []).append((record["step"], value))
+
+    def log(self, step: int, **values: float) -> None:
+        values = {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
+        for key, value in values.items():
+            self.history.setdefault(key, []).append((step, value))
+        with self.path.open("a") as handle:
+            handle.write(json.dumps({"step": step, **values}) + "\n")
+
+
+def collate_images(examples: list[dict], key: str = "pixel_values") -> dict[str, torch.Tensor]:
+    return {key: torch.stack([e[key] for e in examples])}
+
+
+def make_transform(function: Callable[[dict], dict]) -> Callable[[dict], dict]:
+    """Wrap a per-example function for `Dataset.with_transform` (which passes batches as dicts of lists)."""
+
+    def transform(batch: dict) -> dict:
+        keys = list(batch)
+        rows = [dict(zip(keys, values)) for values in zip(*batch.values())]
+        outputs = [function(row) for row in rows]
+        return {key: [o[key] for o in outputs] for key in outputs[0]} if outputs else {}
+
+    return transform

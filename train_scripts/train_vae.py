@@ -1,0 +1,337 @@
+#!/usr/bin/env python
+"""Train `CXRAutoencoderKL` on chest X-rays.
+
+    accelerate launch train_scripts/train_vae.py --config train_scripts/configs/small.json \
+        --train_data_dir data/cxr-train-256 --output_dir runs/vae-small
+
+The VAE is fully convolutional, so it trains on random crops (`--crop_size`) of the full-resolution images, which is
+several times faster than full images; validation PSNR/SSIM is measured on full `--resolution` images. Loss: MSE per pixel
+(+ optional L1) reconstruction + `--kl_weight` x KL per latent element (+ optional `--edge_loss_weight` x Sobel-gradient loss for sharp
+edges). At the end the latent `scaling_factor` (1 / std of training latents) is computed and stored in the config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from cxr_diffusers import CXRAutoencoderKL, get_model_config
+from cxr_diffusers.hub import DATA_CITATIONS, push_folder, save_model_card
+from cxr_diffusers.training_utils import (
+    JsonlLogger,
+    apply_config_file,
+    check_positive,
+    checkpoint_step,
+    collate_images,
+    image_to_tensor,
+    load_training_dataset,
+    make_transform,
+    prune_checkpoints,
+    random_crop,
+    register_diffusers_checkpoint_hooks,
+    resolve_resume_checkpoint,
+    save_loss_plot,
+)
+from cxr_diffusers.utils.image_grid import make_grid
+
+logger = get_logger(__name__)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=None, help="JSON file of flag defaults (train_scripts/configs/*.json)")
+    parser.add_argument("--model_config", default="small", help="named model size: tiny, small or base")
+    parser.add_argument("--pretrained_model_name_or_path", default=None, help="start from this VAE folder / Hub id")
+    parser.add_argument("--train_data_dir", default=None, help="dataset built by `cxr-diffusers data build`, or images")
+    parser.add_argument("--dataset_name", default=None, help="Hub dataset id (alternative to --train_data_dir)")
+    parser.add_argument("--validation_split", default="validation", help="split used for validation metrics")
+    parser.add_argument("--max_train_samples", type=int, default=None, help="truncate the training set (debugging)")
+    parser.add_argument("--num_validation_images", type=int, default=64, help="full images for PSNR/SSIM")
+    parser.add_argument("--resolution", type=int, default=256, help="full image size")
+    parser.add_argument("--crop_size", type=int, default=128, help="random crop size for training")
+    parser.add_argument("--train_batch_size", type=int, default=8)
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    parser.add_argument("--learning_rate", type=float, default=2e-4)
+    parser.add_argument("--adam_weight_decay", type=float, default=0.0)
+    parser.add_argument("--max_grad_norm", type=float, default=1.0)
+    parser.add_argument("--lr_scheduler", default="cosine",
+                        choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                                 "constant_with_warmup"])
+    parser.add_argument("--lr_warmup_steps", type=int, default=100)
+    parser.add_argument("--max_train_steps", type=int, default=None)
+    parser.add_argument("--num_train_epochs", type=int, default=1)
+    parser.add_argument("--kl_weight", type=float, default=1e-4)
+    parser.add_argument("--l1_weight", type=float, default=0.0, help="extra L1 reconstruction term")
+    parser.add_argument("--edge_loss_weight", type=float, default=0.0, help="Sobel-gradient L1 term (sharpness)")
+    parser.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--use_ema", action="store_true")
+    parser.add_argument("--ema_decay", type=float, default=0.999)
+    parser.add_argument("--checkpointing_steps", type=int, default=500)
+    parser.add_argument("--checkpoints_total_limit", type=int, default=3)
+    parser.add_argument("--resume_from_checkpoint", default=None, help='"latest" or a checkpoint folder')
+    parser.add_argument("--validation_steps", type=int, default=500)
+    parser.add_argument("--logging_steps", type=int, default=10)
+    parser.add_argument("--scaling_factor_samples", type=int, default=256, help="images used for scaling_factor")
+    parser.add_argument("--output_dir", default="runs/vae")
+    parser.add_argument("--logging_dir", default="logs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dataloader_num_workers", type=int, default=0)
+    parser.add_argument("--report_to", default="tensorboard", help='"tensorboard", "none", ...')
+    parser.add_argument("--push_to_hub", action="store_true")
+    parser.add_argument("--hub_model_id", default=None)
+    args = apply_config_file(parser, argv)
+    check_positive(parser, args, "resolution", "crop_size", "train_batch_size", "learning_rate",
+                   "gradient_accumulation_steps", "checkpointing_steps", "validation_steps", "max_train_steps")
+    if args.crop_size > args.resolution:
+        parser.error(f"--crop_size {args.crop_size} cannot exceed --resolution {args.resolution}")
+    factor = 2 ** (len(get_model_config(args.model_config)["vae"]["block_out_channels"]) - 1)
+    for name in ("resolution", "crop_size"):
+        if getattr(args, name) % factor:
+            parser.error(f"--{name} must be a multiple of {factor} (the VAE's downsampling)")
+    if args.train_data_dir is None and args.dataset_name is None:
+        parser.error("give --train_data_dir or --dataset_name")
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id")
+    return args
+
+
+def sobel_edges(images: torch.Tensor) -> torch.Tensor:
+    kernel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=images.device) / 4
+    kernels = torch.stack([kernel, kernel.T])[:, None].to(images.dtype)
+    return F.conv2d(images, kernels, padding=1)
+
+
+@torch.no_grad()
+def evaluate_full_images(vae, dataset, resolution, count, device):
+    """PSNR / SSIM of posterior-mode reconstructions of `count` full images (uint8, as a viewer sees them)."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    vae.eval()
+    psnrs, ssims, pairs = [], [], []
+    for index in range(min(count, len(dataset))):
+        x = image_to_tensor(dataset[index]["image"], resolution)[None].to(device)
+        y = vae(x).sample.clamp(-1, 1)
+        real = ((x[0, 0].cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
+        fake = ((y[0, 0].cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
+        psnrs.append(peak_signal_noise_ratio(real, fake, data_range=255))
+        ssims.append(structural_similarity(real, fake, data_range=255))
+        if len(pairs) < 8:
+            pairs.append((real, fake))
+    vae.train()
+    return {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)), "num_images": len(psnrs)}, pairs
+
+
+@torch.no_grad()
+def compute_scaling_factor(vae, dataset, resolution, count, device) -> float:
+    """1 / std of posterior samples of up to `count` training images (so scaled latents have unit variance)."""
+    vae.eval()
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    latents = []
+    for index in range(min(count, len(dataset))):
+        x = image_to_tensor(dataset[index]["image"], resolution)[None].to(device)
+        latents.append(vae.encode(x).latent_dist.sample(generator=generator).flatten().cpu())
+    return float(1.0 / torch.cat(latents).std())
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "samples").mkdir(exist_ok=True)
+
+    # Model
+    if args.pretrained_model_name_or_path:
+        vae = CXRAutoencoderKL.from_pretrained(args.pretrained_model_name_or_path)
+    else:
+        vae = CXRAutoencoderKL(**{**get_model_config(args.model_config)["vae"], "sample_size": args.resolution})
+    vae.train()
+    ema = EMAModel(vae.parameters(), decay=args.ema_decay, model_cls=CXRAutoencoderKL, model_config=vae.config) \
+        if args.use_ema else None
+    register_diffusers_checkpoint_hooks(accelerator, {"vae": vae}, {"vae_ema": ema} if ema else None)
+
+    # Data: random crops of the resized/padded full image
+    train_set = load_training_dataset(args.train_data_dir, args.dataset_name, "train")
+    if args.max_train_samples:
+        train_set = train_set.select(range(min(args.max_train_samples, len(train_set))))
+    try:
+        eval_set = load_training_dataset(args.train_data_dir, args.dataset_name, args.validation_split)
+    except Exception:  # no validation split: use the tail of train (reported in the card)
+        eval_set = train_set.select(range(max(0, len(train_set) - args.num_validation_images), len(train_set)))
+
+    def to_crop(example):
+        return {"pixel_values": random_crop(image_to_tensor(example["image"], args.resolution), args.crop_size)}
+
+    raw_train_set = train_set
+    train_set = train_set.with_transform(make_transform(to_crop), columns=["image"])
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_size=args.train_batch_size, shuffle=True, collate_fn=collate_images,
+        num_workers=args.dataloader_num_workers, drop_last=True,
+    )
+
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.learning_rate, weight_decay=args.adam_weight_decay)
+    updates_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
+    if args.max_train_steps is None:
+        args.max_train_steps = args.num_train_epochs * updates_per_epoch
+    num_epochs = math.ceil(args.max_train_steps / updates_per_epoch)
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler, optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    vae, optimizer, loader, lr_scheduler = accelerator.prepare(vae, optimizer, loader, lr_scheduler)
+    if ema:
+        ema.to(accelerator.device)
+    if accelerator.is_main_process and args.report_to != "none":
+        accelerator.init_trackers("train_vae", config={k: v for k, v in vars(args).items() if v is not None})
+    history = JsonlLogger(output_dir / "metrics.jsonl") if accelerator.is_main_process else None
+
+    # Resume
+    global_step, first_epoch, skip_batches = 0, 0, 0
+    checkpoint = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if checkpoint is not None:
+        accelerator.print(f"Resuming from {checkpoint}")
+        accelerator.load_state(str(checkpoint))
+        global_step = checkpoint_step(checkpoint)
+        first_epoch = global_step // updates_per_epoch
+        skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
+    elif args.resume_from_checkpoint and args.resume_from_checkpoint != "latest":
+        raise SystemExit(f"checkpoint {args.resume_from_checkpoint} not found")
+
+    logger.info(f"{len(train_set)} training images, {args.max_train_steps} steps of {args.train_batch_size} "
+                f"{args.crop_size}px crops, {sum(p.numel() for p in vae.parameters()):,} parameters")
+    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="train_vae",
+                    disable=not accelerator.is_local_main_process)
+    start = time.time()
+    unwrapped = accelerator.unwrap_model(vae)
+    last_logs: dict = {}
+    for epoch in range(first_epoch, num_epochs):
+        loader.set_epoch(epoch) if hasattr(loader, "set_epoch") else None
+        epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
+        skip_batches = 0
+        for batch in epoch_loader:
+            with accelerator.accumulate(vae):
+                x = batch["pixel_values"]
+                posterior = unwrapped.encode(x).latent_dist
+                reconstruction = unwrapped.decode(posterior.sample()).sample
+                mse = F.mse_loss(reconstruction, x)
+                kl = posterior.kl().mean() / posterior.mean[0].numel()  # per latent element
+                loss = mse + args.kl_weight * kl
+                if args.l1_weight:
+                    loss = loss + args.l1_weight * F.l1_loss(reconstruction, x)
+                edge = F.l1_loss(sobel_edges(reconstruction), sobel_edges(x)) if args.edge_loss_weight else None
+                if edge is not None:
+                    loss = loss + args.edge_loss_weight * edge
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(vae.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+
+            if not accelerator.sync_gradients:
+                continue
+            if ema:
+                ema.step(vae.parameters())
+            global_step += 1
+            progress.update(1)
+            logs = last_logs = {"loss": loss.item(), "mse": mse.item(), "kl": kl.item(), "lr": lr_scheduler.get_last_lr()[0]}
+            if edge is not None:
+                logs["edge"] = edge.item()
+            progress.set_postfix(loss=f"{logs['loss']:.4f}", mse=f"{logs['mse']:.4f}")
+            if args.report_to != "none":
+                accelerator.log(logs, step=global_step)
+            if accelerator.is_main_process and global_step % args.logging_steps == 0:
+                history.log(global_step, **logs)
+
+            if global_step % args.validation_steps == 0 or global_step == args.max_train_steps:
+                if accelerator.is_main_process:
+                    metrics, pairs = evaluate_full_images(unwrapped, eval_set, args.resolution, 16, accelerator.device)
+                    history.log(global_step, val_psnr=metrics["psnr"], val_ssim=metrics["ssim"])
+                    accelerator.print(f"step {global_step}: val PSNR {metrics['psnr']:.2f} dB SSIM {metrics['ssim']:.4f}")
+                    from PIL import Image
+                    tiles = [Image.fromarray(a) for pair in pairs for a in pair]
+                    make_grid(tiles, cols=4).save(output_dir / "samples" / f"reconstructions-{global_step:06d}.png")
+                    save_loss_plot({k: v for k, v in history.history.items() if k in ("loss", "mse", "edge")},
+                                   output_dir / "loss.png", "VAE training loss")
+            if global_step % args.checkpointing_steps == 0 and accelerator.is_main_process:
+                prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
+                accelerator.save_state(str(output_dir / f"checkpoint-{global_step}"))
+            if global_step >= args.max_train_steps:
+                break
+        if global_step >= args.max_train_steps:
+            break
+    progress.close()
+    accelerator.wait_for_everyone()
+
+    # Final model: EMA weights, scaling factor, metrics, card
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(vae)
+        if ema:
+            ema.copy_to(final.parameters())
+        full_eval = evaluate_full_images(final, eval_set, args.resolution, args.num_validation_images,
+                                         accelerator.device)
+        metrics, pairs = full_eval
+        scaling = compute_scaling_factor(final, raw_train_set, args.resolution, args.scaling_factor_samples,
+                                         accelerator.device)
+        final.register_to_config(scaling_factor=scaling, sample_size=args.resolution)
+        final.save_pretrained(output_dir / "vae")
+        from PIL import Image
+        tiles = [Image.fromarray(a) for pair in pairs for a in pair]
+        make_grid(tiles, cols=4).save(output_dir / "vae" / "reconstructions.png")
+        save_loss_plot({k: v for k, v in history.history.items() if k in ("loss", "mse", "edge")},
+                       output_dir / "loss.png", "VAE training loss")
+        summary = {"global_step": global_step, "scaling_factor": scaling, "validation": metrics,
+                   "train_images": len(train_set), "seconds_this_run": round(time.time() - start, 1),
+                   "final_loss": last_logs.get("loss"), "final_mse": last_logs.get("mse")}
+        (output_dir / "vae" / "training_summary.json").write_text(json.dumps(summary, indent=2))
+        config = final.config
+        save_model_card(
+            output_dir / "vae", "vae",
+            card_data={"license": "apache-2.0", "library_name": "diffusers", "tags": ["chest-x-ray", "vae",
+                                                                                      "not-for-clinical-use"]},
+            model_name=args.hub_model_id or "CXRAutoencoderKL",
+            architecture=f"blocks {list(config.block_out_channels)}, {config.layers_per_block} layer(s)/block, "
+                         f"attention at the {config.attention_levels} lowest levels",
+            parameters=f"{sum(p.numel() for p in final.parameters()):,}",
+            latent=f"{config.latent_channels} channels, {final.downsample_factor}x downsampling",
+            scaling_factor=f"{scaling:.4f}", data=str(args.train_data_dir or args.dataset_name),
+            steps=global_step, batch=args.train_batch_size, crop=args.crop_size, hardware=str(accelerator.device),
+            hours=f"{(time.time() - start) / 3600:.2f} (this run)",
+            losses=f"loss {summary['final_loss']:.5f}", resolution=args.resolution, num_eval=metrics["num_images"],
+            metrics=f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}",
+            repo_id=args.hub_model_id or str(output_dir / "vae"), citations="\n".join(f"- {c}" for c in DATA_CITATIONS.values()),
+        )
+        accelerator.print(json.dumps(summary, indent=2))
+        if args.push_to_hub:
+            push_folder(output_dir / "vae", args.hub_model_id)
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
