@@ -191,7 +191,8 @@ def main(argv=None):
     train_set = train_set.with_transform(make_transform(to_crop), columns=["image"])
     loader = torch.utils.data.DataLoader(
         train_set, batch_size=args.train_batch_size, shuffle=True, collate_fn=collate_images,
-        num_workers=args.dataloader_num_workers, drop_last=True,
+        num_workers=args.dataloader_num_workers, drop_last=len(train_set) >= args.train_batch_size,
+        generator=torch.Generator().manual_seed(args.seed),  # keeps the global RNG exact across resume
     )
 
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.learning_rate, weight_decay=args.adam_weight_decay)
