@@ -24,22 +24,28 @@ CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
 # ----------------------------------------------------------------------------------------------------- config files
-def apply_config_file(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse `argv`; values in the JSON file given by `--config` become defaults that explicit flags override."""
+def apply_config_file(parser: argparse.ArgumentParser, argv: list[str] | None = None,
+                      section: str | None = None) -> argparse.Namespace:
+    """
+    Parse `argv`. The JSON file given by `--config` supplies defaults that explicit flags override: its `common`
+    section applies to every script, then the script's own `section` (`vae`, `ldm`, `ddpm`, `classifier`).
+    Unknown keys are an error (a typo would otherwise be silently ignored).
+    """
     args, _ = parser.parse_known_args(argv)
     if getattr(args, "config", None):
         path = Path(args.config)
         if not path.is_file():
             parser.error(f"--config file {path} does not exist")
         try:
-            values = json.loads(path.read_text())
+            document = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             parser.error(f"--config file {path} is not valid JSON: {err}")
+        values = {**document.get("common", {}), **(document.get(section, {}) if section else {})}
         known = {action.dest for action in parser._actions}
-        unknown = sorted(set(values) - known - {"comment", "_comment"})
+        unknown = sorted(set(values) - known)
         if unknown:
-            parser.error(f"--config file {path} has unknown keys: {', '.join(unknown)}")
-        parser.set_defaults(**{k: v for k, v in values.items() if k in known})
+            parser.error(f"--config file {path} sets unknown flags for this script: {', '.join(unknown)}")
+        parser.set_defaults(**values)
     return parser.parse_args(argv)
 
 

@@ -95,7 +95,7 @@ def parse_args(argv=None):
     parser.add_argument("--report_to", default="tensorboard", help='"tensorboard", "none", ...')
     parser.add_argument("--push_to_hub", action="store_true")
     parser.add_argument("--hub_model_id", default=None)
-    args = apply_config_file(parser, argv)
+    args = apply_config_file(parser, argv, section="vae")
     check_positive(parser, args, "resolution", "crop_size", "train_batch_size", "learning_rate",
                    "gradient_accumulation_steps", "checkpointing_steps", "validation_steps", "max_train_steps")
     if args.crop_size > args.resolution:
