@@ -1,25 +1,50 @@
-"""cxr-diffusers: synthetic chest X-rays with Hugging Face diffusers. Not for clinical use."""
+"""cxr-diffusers: synthetic chest X-rays with Hugging Face diffusers. Not for clinical use.
+
+The public names below are imported lazily (on first use), so that `import cxr_diffusers.data` or the CLI's `--help`
+do not pay for importing torch and diffusers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-from .configs import MODEL_CONFIGS, create_components, get_model_config
-from .errors import CXRInputError, DataError, ModelLoadingError
-from .models import CXRAutoencoderKL, CXRTextEncoder, CXRUNet2DConditionModel
-from .pipelines import CXRPipeline, CXRPipelineOutput
-from .provenance import NOT_FOR_CLINICAL_USE, read_provenance
+_EXPORTS = {
+    "CXRAutoencoderKL": "models",
+    "CXRTextEncoder": "models",
+    "CXRUNet2DConditionModel": "models",
+    "CXRPipeline": "pipelines",
+    "CXRPipelineOutput": "pipelines",
+    "MODEL_CONFIGS": "configs",
+    "create_components": "configs",
+    "get_model_config": "configs",
+    "CXRInputError": "errors",
+    "DataError": "errors",
+    "ModelLoadingError": "errors",
+    "NOT_FOR_CLINICAL_USE": "provenance",
+    "read_provenance": "provenance",
+}
 
-__all__ = [
-    "CXRAutoencoderKL",
-    "CXRInputError",
-    "CXRPipeline",
-    "CXRPipelineOutput",
-    "CXRTextEncoder",
-    "CXRUNet2DConditionModel",
-    "DataError",
-    "MODEL_CONFIGS",
-    "ModelLoadingError",
-    "NOT_FOR_CLINICAL_USE",
-    "create_components",
-    "get_model_config",
-    "read_provenance",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'cxr_diffusers' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .configs import MODEL_CONFIGS, create_components, get_model_config
+    from .errors import CXRInputError, DataError, ModelLoadingError
+    from .models import CXRAutoencoderKL, CXRTextEncoder, CXRUNet2DConditionModel
+    from .pipelines import CXRPipeline, CXRPipelineOutput
+    from .provenance import NOT_FOR_CLINICAL_USE, read_provenance

@@ -45,7 +45,7 @@ def make_record(**fields: Any) -> dict[str, Any]:
 
 def attach_provenance(image: Image.Image, record: dict[str, Any]) -> Image.Image:
     """Attach `record` to `image` in place (and return it) so that saving it keeps the record."""
-    payload = json.dumps(record, ensure_ascii=False, sort_keys=True)
+    payload = json.dumps(record, ensure_ascii=False, sort_keys=True, default=str)
     pnginfo = PngInfo()
     pnginfo.add_text("Description", NOT_FOR_CLINICAL_USE)
     pnginfo.add_text("Software", record.get("software", _software()))

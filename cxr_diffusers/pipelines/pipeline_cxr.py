@@ -386,6 +386,7 @@ class CXRPipeline(DiffusionPipeline):
             [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) or negative_prompt is None else negative_prompt
         )
         model = self.config.get("_name_or_path")
+        model = str(model) if model else None
         for i, image in enumerate(images):
             g = generators[i]
             record = make_record(
