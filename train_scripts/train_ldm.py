@@ -306,6 +306,8 @@ def main(argv=None):
         epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
         skip_batches = 0
         for indices in epoch_loader:
+            if global_step >= args.max_train_steps:  # resumed at (or past) the end: just finalise
+                break
             with accelerator.accumulate(unet, text_encoder):
                 indices = indices.cpu()
                 posterior = DiagonalGaussianDistribution(moments[indices].to(accelerator.device))

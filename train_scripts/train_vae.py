@@ -79,6 +79,8 @@ def parse_args(argv=None):
     parser.add_argument("--kl_weight", type=float, default=1e-4)
     parser.add_argument("--l1_weight", type=float, default=0.0, help="extra L1 reconstruction term")
     parser.add_argument("--edge_loss_weight", type=float, default=0.0, help="Sobel-gradient L1 term (sharpness)")
+    parser.add_argument("--train_decoder_only", action="store_true",
+                        help="freeze the encoder (latent space unchanged, e.g. while an LDM trains on it); no KL")
     parser.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
     parser.add_argument("--use_ema", action="store_true")
     parser.add_argument("--ema_decay", type=float, default=0.999)
@@ -171,6 +173,9 @@ def main(argv=None):
     else:
         vae = CXRAutoencoderKL(**{**get_model_config(args.model_config)["vae"], "sample_size": args.resolution})
     vae.train()
+    if args.train_decoder_only:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
     ema = EMAModel(vae.parameters(), decay=args.ema_decay, model_cls=CXRAutoencoderKL, model_config=vae.config) \
         if args.use_ema else None
     register_diffusers_checkpoint_hooks(accelerator, {"vae": vae}, {"vae_ema": ema} if ema else None)
@@ -195,7 +200,8 @@ def main(argv=None):
         generator=torch.Generator().manual_seed(args.seed),  # keeps the global RNG exact across resume
     )
 
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.learning_rate, weight_decay=args.adam_weight_decay)
+    trainable = [p for p in vae.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
     updates_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
     if args.max_train_steps is None:
         args.max_train_steps = args.num_train_epochs * updates_per_epoch
@@ -236,13 +242,15 @@ def main(argv=None):
         epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
         skip_batches = 0
         for batch in epoch_loader:
+            if global_step >= args.max_train_steps:  # resumed at (or past) the end: just finalise
+                break
             with accelerator.accumulate(vae):
                 x = batch["pixel_values"]
                 posterior = unwrapped.encode(x).latent_dist
                 reconstruction = unwrapped.decode(posterior.sample()).sample
                 mse = F.mse_loss(reconstruction, x)
                 kl = posterior.kl().mean() / posterior.mean[0].numel()  # per latent element
-                loss = mse + args.kl_weight * kl
+                loss = mse if args.train_decoder_only else mse + args.kl_weight * kl
                 if args.l1_weight:
                     loss = loss + args.l1_weight * F.l1_loss(reconstruction, x)
                 edge = F.l1_loss(sobel_edges(reconstruction), sobel_edges(x)) if args.edge_loss_weight else None
@@ -250,7 +258,7 @@ def main(argv=None):
                     loss = loss + args.edge_loss_weight * edge
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(vae.parameters(), args.max_grad_norm)
+                    accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad()
@@ -298,8 +306,11 @@ def main(argv=None):
         full_eval = evaluate_full_images(final, eval_set, args.resolution, args.num_validation_images,
                                          accelerator.device)
         metrics, pairs = full_eval
-        scaling = compute_scaling_factor(final, raw_train_set, args.resolution, args.scaling_factor_samples,
-                                         accelerator.device)
+        if args.train_decoder_only:  # same encoder, same latent space: keep the scaling factor the LDM uses
+            scaling = final.config.scaling_factor
+        else:
+            scaling = compute_scaling_factor(final, raw_train_set, args.resolution, args.scaling_factor_samples,
+                                             accelerator.device)
         final.register_to_config(scaling_factor=scaling, sample_size=args.resolution)
         final.save_pretrained(output_dir / "vae")
         from PIL import Image
