@@ -127,12 +127,18 @@ class CXRTextEncoder(ModelMixin, ConfigMixin):
             kwargs: passed to `BertModel.from_pretrained` (e.g. `revision`, `cache_dir`).
         """
         name_or_path = name_or_path or offline_bert_path()
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the unused pooler of BERT checkpoints is expected, not worth a report
         try:
             body = BertModel.from_pretrained(name_or_path, add_pooling_layer=False, **kwargs)
         except (OSError, ValueError) as err:
             raise ModelLoadingError(
                 f"Could not load a BERT checkpoint from {name_or_path!r}: {err}".split("\n")[0]
             ) from err
+        finally:
+            hf_logging.set_verbosity(verbosity)
         arch = {key: getattr(body.config, key) for key in _ARCH_KEYS}
         model = cls(bert_config=arch, projection_dim=projection_dim, freeze_body=freeze_body)
         model.bert.load_state_dict(body.state_dict())
