@@ -1,0 +1,91 @@
+"""`cxr-diffusers generate` and `info`: outputs, provenance, manifest, and one-line errors for bad input."""
+
+import json
+
+import pytest
+import torch
+
+from cxr_diffusers import CXRPipeline, create_components, read_provenance
+from cxr_diffusers.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-model")
+    CXRPipeline(**create_components("tiny")).save_pretrained(folder)
+    return str(folder)
+
+
+def test_generate_writes_pngs_manifest_and_grid(tiny_model, tmp_path, capsys):
+    out = tmp_path / "gen"
+    code = main(["generate", tiny_model, "-p", "PA chest radiograph. Findings: pneumonia.", "-p",
+                 "Pediatric chest radiograph.", "-n", "2", "--steps", "2", "--seed", "5", "--scheduler", "ddim",
+                 "--enhancement", "balanced", "-o", str(out), "--grid"])
+    assert code == 0
+    pngs = sorted(p.name for p in out.glob("cxr_*.png"))
+    assert len(pngs) == 4
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["seed"] for r in records] == [5, 6, 7, 8]
+    assert {r["prompt"] for r in records} == {"PA chest radiograph. Findings: pneumonia.", "Pediatric chest radiograph."}
+    assert all(r["not_for_clinical_use"] and r["scheduler"] == "DDIMScheduler" for r in records)
+    provenance = read_provenance(out / records[0]["file"])
+    assert provenance["seed"] == 5 and provenance["enhancement"]["name"] == "balanced"
+    assert (out / "grid.png").is_file()
+    assert "median" in capsys.readouterr().out
+
+
+def test_generate_same_seed_same_file(tiny_model, tmp_path):
+    for name in ("a", "b"):
+        assert main(["generate", tiny_model, "-p", "AP chest radiograph.", "--steps", "2", "-o", str(tmp_path / name)]) == 0
+    first = (tmp_path / "a" / "cxr_00_000_seed0.png").read_bytes()
+    second = (tmp_path / "b" / "cxr_00_000_seed0.png").read_bytes()
+    from PIL import Image
+    import io
+    assert list(Image.open(io.BytesIO(first)).getdata()) == list(Image.open(io.BytesIO(second)).getdata())
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["-p", ""], "prompt is empty"),
+        (["-p", "x", "--steps", "0"], "num_inference_steps must be a positive integer"),
+        (["-p", "x", "--guidance", "nan"], "guidance_scale must be a finite number"),
+        (["-p", "x", "--height", "100"], "height=100 is not supported"),
+        (["-p", "x", "--scheduler", "ddmi"], "Unknown scheduler 'ddmi'"),
+        (["-p", "x", "--enhancement", "sharp"], "sharp"),
+        (["-p", "x", "-n", "0"], "--num-images must be at least 1"),
+    ],
+)
+def test_generate_bad_input_is_one_line(tiny_model, tmp_path, capsys, argv, message):
+    assert main(["generate", tiny_model, "--steps", "2", "-o", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # earlier lines: the model-loading progress bar
+    assert last.startswith("cxr-diffusers generate: error:") and message in last and "Traceback" not in err
+
+
+def test_generate_missing_model_folder(tmp_path, capsys):
+    assert main(["generate", str(tmp_path / "absent"), "-p", "x"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_info_reports_components_and_parameters(tiny_model, capsys):
+    assert main(["info", tiny_model, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    components = info["components"]
+    assert set(components) == {"vae", "text_encoder", "tokenizer", "unet", "scheduler"}
+    assert components["unet"]["parameters"] == components["unet"]["trainable_parameters"] > 0
+    assert components["text_encoder"]["trainable_parameters"] < components["text_encoder"]["parameters"]
+    assert info["total_parameters"] == sum(c.get("parameters", 0) for c in components.values())
+    assert info["total_memory_mb"] > 0 and info["default_size"] == 64
+    assert main(["info", tiny_model]) == 0
+    table = capsys.readouterr().out
+    assert "CXRUNet2DConditionModel" in table and "total" in table
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("generate", "enhance", "info", "data"):
+        assert command in out
