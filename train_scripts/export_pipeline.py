@@ -1,0 +1,64 @@
+#!/usr/bin/env python
+"""Assemble a trained `CXRPipeline` for shipping: optionally swap in a (decoder-fine-tuned) VAE, cast the weights
+to fp16 safetensors, and write it in Hub repo layout.
+
+    python train_scripts/export_pipeline.py --pipeline runs/ldm-small/pipeline --vae runs/vae-small-dec/vae \
+        --output_dir pretrained/cxr-ldm-small --dtype fp16
+
+fp16 halves the download; `CXRPipeline.from_pretrained` loads it back in fp32 on the CPU (pass `torch_dtype` to
+keep fp16 on a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from cxr_diffusers import CXRAutoencoderKL, CXRPipeline
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pipeline", required=True, help="trained pipeline folder (train_ldm.py output)")
+    parser.add_argument("--vae", default=None, help="replace the VAE (must share the encoder's latent space)")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--dtype", default="fp16", choices=sorted(DTYPES))
+    parser.add_argument("--copy", nargs="*", default=["README.md", "samples.png", "training_summary.json"],
+                        help="files of the pipeline folder copied alongside the weights")
+    args = parser.parse_args(argv)
+
+    pipe = CXRPipeline.from_pretrained(args.pipeline)
+    if args.vae:
+        vae = CXRAutoencoderKL.from_pretrained(args.vae)
+        if vae.config.scaling_factor != pipe.vae.config.scaling_factor:
+            parser.error(f"--vae has scaling_factor {vae.config.scaling_factor}, the pipeline "
+                         f"{pipe.vae.config.scaling_factor}: it is not the same latent space")
+        pipe.vae = vae
+        pipe.register_modules(vae=vae)
+    out = Path(args.output_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    for module in (pipe.vae, pipe.unet, pipe.text_encoder):
+        module.to(DTYPES[args.dtype])
+    pipe.save_pretrained(out, safe_serialization=True)
+    for name in args.copy:
+        source = Path(args.pipeline) / name
+        if source.is_file():
+            shutil.copy(source, out / name)
+    sizes = {p.relative_to(out).as_posix(): p.stat().st_size for p in out.rglob("*") if p.is_file()}
+    total = sum(sizes.values()) / 2**20
+    print(json.dumps({"output_dir": str(out), "total_mb": round(total, 1),
+                      "weights_mb": {k: round(v / 2**20, 1) for k, v in sizes.items() if k.endswith(".safetensors")}},
+                     indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
