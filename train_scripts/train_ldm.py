@@ -303,6 +303,7 @@ def main(argv=None):
     start, last_logs = time.time(), {}
     scaling = vae.config.scaling_factor
     for epoch in range(first_epoch, num_epochs):
+        loader.set_epoch(epoch)  # the shuffle order depends only on (seed, epoch): exact across resume
         epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
         skip_batches = 0
         for indices in epoch_loader:

@@ -189,11 +189,11 @@ def main(argv=None):
     except Exception:  # no validation split: use the tail of train (reported in the card)
         eval_set = train_set.select(range(max(0, len(train_set) - args.num_validation_images), len(train_set)))
 
-    def to_crop(example):
-        return {"pixel_values": random_crop(image_to_tensor(example["image"], args.resolution), args.crop_size)}
+    def to_tensor(example):
+        return {"pixel_values": image_to_tensor(example["image"], args.resolution)}
 
     raw_train_set = train_set
-    train_set = train_set.with_transform(make_transform(to_crop), columns=["image"])
+    train_set = train_set.with_transform(make_transform(to_tensor), columns=["image"])
     loader = torch.utils.data.DataLoader(
         train_set, batch_size=args.train_batch_size, shuffle=True, collate_fn=collate_images,
         num_workers=args.dataloader_num_workers, drop_last=len(train_set) >= args.train_batch_size,
@@ -238,14 +238,17 @@ def main(argv=None):
     unwrapped = accelerator.unwrap_model(vae)
     last_logs: dict = {}
     for epoch in range(first_epoch, num_epochs):
-        loader.set_epoch(epoch) if hasattr(loader, "set_epoch") else None
+        loader.set_epoch(epoch)  # the shuffle order depends only on (seed, epoch): exact across resume
         epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
         skip_batches = 0
         for batch in epoch_loader:
             if global_step >= args.max_train_steps:  # resumed at (or past) the end: just finalise
                 break
             with accelerator.accumulate(vae):
-                x = batch["pixel_values"]
+                # Crops are drawn in the loop from a per-step generator (the loader prefetches a batch, so
+                # drawing them in the transform would make resumed runs diverge).
+                crop_generator = torch.Generator().manual_seed(args.seed * 1_000_003 + global_step)
+                x = torch.stack([random_crop(image, args.crop_size, crop_generator) for image in batch["pixel_values"]])
                 posterior = unwrapped.encode(x).latent_dist
                 reconstruction = unwrapped.decode(posterior.sample()).sample
                 mse = F.mse_loss(reconstruction, x)
