@@ -109,6 +109,31 @@ def random_crop(tensor: torch.Tensor, size: int, generator: torch.Generator | No
     return tensor[:, top : top + size, left : left + size]
 
 
+@torch.no_grad()
+def vae_reconstruction_metrics(vae, dataset, resolution: int, count: int, device=None):
+    """
+    Mean PSNR / SSIM of posterior-mode reconstructions of the first `count` images of `dataset` at `resolution`,
+    computed on uint8 images (as a viewer sees them). Returns the metrics and up to 8 (real, reconstruction) pairs.
+    """
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    device = device or next(vae.parameters()).device
+    was_training = vae.training
+    vae.eval()
+    psnrs, ssims, pairs = [], [], []
+    for index in range(min(count, len(dataset))):
+        x = image_to_tensor(dataset[index]["image"], resolution)[None].to(device)
+        y = vae(x).sample.clamp(-1, 1)
+        real = ((x[0, 0].cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
+        fake = ((y[0, 0].cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
+        psnrs.append(peak_signal_noise_ratio(real, fake, data_range=255))
+        ssims.append(structural_similarity(real, fake, data_range=255))
+        if len(pairs) < 8:
+            pairs.append((real, fake))
+    vae.train(was_training)
+    return {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)), "num_images": len(psnrs)}, pairs
+
+
 # ----------------------------------------------------------------------------------------------------- checkpoints
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     """`checkpoint-<step>` folders in `output_dir`, oldest first."""

@@ -125,3 +125,12 @@ def test_config_file_rejects_unknown_keys(tmp_path, xray_dataset, capsys):
     with pytest.raises(SystemExit):
         load_script("train_vae").main(["--config", str(bad), "--train_data_dir", xray_dataset])
     assert "unknown flags for this script: learning_rat" in capsys.readouterr().err
+
+
+def test_evaluate_vae_writes_metrics(tiny_vae, xray_dataset, tmp_path):
+    load_script("evaluate_vae").main(["--vae", str(tiny_vae / "vae"), "--train_data_dir", xray_dataset,
+                                      "--split", "validation", "--num_images", "2", "--resolution", "64",
+                                      "--output_dir", str(tmp_path)])
+    metrics = json.loads((tmp_path / "vae_metrics.json").read_text())
+    assert metrics["num_images"] == 2 and 0 < metrics["psnr"] < 100 and -1 <= metrics["ssim"] <= 1
+    assert (tmp_path / "reconstructions.png").is_file()

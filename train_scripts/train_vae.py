@@ -44,6 +44,7 @@ from cxr_diffusers.training_utils import (
     make_transform,
     prune_checkpoints,
     random_crop,
+    vae_reconstruction_metrics,
     register_diffusers_checkpoint_hooks,
     resolve_resume_checkpoint,
     save_loss_plot,
@@ -117,26 +118,6 @@ def sobel_edges(images: torch.Tensor) -> torch.Tensor:
     kernel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=images.device) / 4
     kernels = torch.stack([kernel, kernel.T])[:, None].to(images.dtype)
     return F.conv2d(images, kernels, padding=1)
-
-
-@torch.no_grad()
-def evaluate_full_images(vae, dataset, resolution, count, device):
-    """PSNR / SSIM of posterior-mode reconstructions of `count` full images (uint8, as a viewer sees them)."""
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-    vae.eval()
-    psnrs, ssims, pairs = [], [], []
-    for index in range(min(count, len(dataset))):
-        x = image_to_tensor(dataset[index]["image"], resolution)[None].to(device)
-        y = vae(x).sample.clamp(-1, 1)
-        real = ((x[0, 0].cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
-        fake = ((y[0, 0].cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
-        psnrs.append(peak_signal_noise_ratio(real, fake, data_range=255))
-        ssims.append(structural_similarity(real, fake, data_range=255))
-        if len(pairs) < 8:
-            pairs.append((real, fake))
-    vae.train()
-    return {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)), "num_images": len(psnrs)}, pairs
 
 
 @torch.no_grad()
@@ -283,7 +264,8 @@ def main(argv=None):
 
             if global_step % args.validation_steps == 0 or global_step == args.max_train_steps:
                 if accelerator.is_main_process:
-                    metrics, pairs = evaluate_full_images(unwrapped, eval_set, args.resolution, 16, accelerator.device)
+                    metrics, pairs = vae_reconstruction_metrics(unwrapped, eval_set, args.resolution, 16,
+                                                                accelerator.device)
                     history.log(global_step, val_psnr=metrics["psnr"], val_ssim=metrics["ssim"])
                     accelerator.print(f"step {global_step}: val PSNR {metrics['psnr']:.2f} dB SSIM {metrics['ssim']:.4f}")
                     from PIL import Image
@@ -306,7 +288,7 @@ def main(argv=None):
         final = accelerator.unwrap_model(vae)
         if ema:
             ema.copy_to(final.parameters())
-        full_eval = evaluate_full_images(final, eval_set, args.resolution, args.num_validation_images,
+        full_eval = vae_reconstruction_metrics(final, eval_set, args.resolution, args.num_validation_images,
                                          accelerator.device)
         metrics, pairs = full_eval
         if args.train_decoder_only:  # same encoder, same latent space: keep the scaling factor the LDM uses

@@ -1,0 +1,601 @@
+#!/usr/bin/env python
+"""Train the NORMAL / PNEUMONIA classifier (a transformers ResNet) on Kermany or PneumoniaMNIST, optionally with synthetic X-rays.
+
+    accelerate launch train_scripts/train_classifier.py --config train_scripts/configs/small.json \
+        --train_data_dir ../shared/data/kermany_pneumonia_224 --output_dir runs/classifier
+
+    # does synthetic data help beyond simply having more samples? (same sample count in both arms, 3 seeds each)
+    ... --synthetic_data_dir outputs/synthetic --synthetic_ratio 0.5 --seeds 0 1 2 --output_dir runs/cls-synth
+    ... --duplicate_real_ratio 0.5 --seeds 0 1 2 --output_dir runs/cls-dup
+
+Data: `--dataset kermany` (validation carved from the official train split by patient, stratified by class; the
+official 624-image test split for the final metrics), `pneumoniamnist` (the MedMNIST .npz with its official splits), or
+`saved` (a DatasetDict written by `cxr-diffusers data build` / `save_to_disk`, or `--dataset_name` on the Hub); `auto`
+picks from `--train_data_dir`. Loss: class-weighted cross-entropy (weights N / (2 N_c) of the final, mixed training
+set). Augmentation: small rotations / translations / zoom, brightness / contrast; no flips. The checkpoint with the best
+validation AUROC (ties: lower validation loss) is kept in `<output_dir>/best` and training stops after
+`--early_stopping_patience` validations without improvement. At the end the best model is saved in `<output_dir>/model`
+(`--final_dtype fp16` by default) with its image processor, model card, metrics.json and PNG plots, and evaluated on the
+test split with bootstrap 95% CIs. `--seeds 0 1 2` repeats the whole run per seed in `<output_dir>/seed-<s>` and writes
+mean +- std to `<output_dir>/metrics_summary.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+from cxr_diffusers.classification import (
+    XrayClassificationDataset,
+    build_classifier,
+    build_transforms,
+    class_weights,
+    evaluate_predictions,
+    load_classifier,
+    mix_records,
+    plot_confusion_matrix,
+    plot_roc,
+    plot_training_curves,
+    read_synthetic_manifest,
+    records_from_dataset,
+    resolve_architecture,
+    save_classifier,
+    stratified_subset,
+    summarize_seeds,
+)
+from cxr_diffusers.classification.data import collate
+from cxr_diffusers.classification.metrics import METRICS
+from cxr_diffusers.errors import CXRInputError, DataError
+from cxr_diffusers.hub import DATA_CITATIONS, push_folder, save_model_card
+from cxr_diffusers.training_utils import (
+    JsonlLogger,
+    apply_config_file,
+    check_positive,
+    checkpoint_step,
+    prune_checkpoints,
+    resolve_resume_checkpoint,
+)
+
+logger = get_logger(__name__)
+
+#: MedMNIST v2 (Yang et al. 2023, Table) PneumoniaMNIST test results, for the model card.
+MEDMNIST_BASELINES = {
+    "ResNet-18 (28)": (0.854, 0.944), "ResNet-18 (224)": (0.864, 0.956),
+    "ResNet-50 (28)": (0.854, 0.948), "ResNet-50 (224)": (0.884, 0.962),
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=None, help="JSON file of flag defaults (train_scripts/configs/*.json)")
+    parser.add_argument("--model_config", default="resnet-50",
+                        help="resnet-50 (default) or resnet-18; the shared config names tiny/small -> resnet-18, "
+                             "base -> resnet-50")
+    parser.add_argument("--pretrained_model_name_or_path", default="auto",
+                        help='"auto": ImageNet microsoft/resnet-* when the Hub is reachable, else from scratch; '
+                             '"scratch"; or a classifier folder / Hub id to start from')
+    parser.add_argument("--dataset", default="auto", choices=["auto", "kermany", "pneumoniamnist", "saved"],
+                        help="layout of --train_data_dir (auto: .npz -> pneumoniamnist, save_to_disk folder -> saved, "
+                             "else kermany)")
+    parser.add_argument("--train_data_dir", default=None,
+                        help="Kermany root (train/ and test/ with NORMAL/ PNEUMONIA/), PneumoniaMNIST .npz, or a saved "
+                             "DatasetDict")
+    parser.add_argument("--dataset_name", default=None, help="Hub dataset id of the common schema (alternative)")
+    parser.add_argument("--validation_size", type=float, default=0.1,
+                        help="share of training patients (per class) carved into validation")
+    parser.add_argument("--split_seed", type=int, default=0, help="seed of the validation carve and of subsets")
+    parser.add_argument("--max_train_samples", type=int, default=None, help="stratified subset of train (debugging)")
+    parser.add_argument("--max_eval_samples", type=int, default=None,
+                        help="stratified subset of validation and test (debugging; the metrics then are not the "
+                             "official ones)")
+    parser.add_argument("--synthetic_data_dir", default=None,
+                        help="folder written by `cxr-diffusers generate` (images + manifest.jsonl)")
+    parser.add_argument("--synthetic_ratio", type=float, default=0.0,
+                        help="add round(r * N_real) synthetic images to the N_real training images")
+    parser.add_argument("--duplicate_real_ratio", type=float, default=0.0,
+                        help="control: add round(r * N_real) extra copies of real training images instead")
+    parser.add_argument("--resolution", type=int, default=224, help="square input size (128 is ~3x faster on CPU)")
+    parser.add_argument("--train_batch_size", type=int, default=32)
+    parser.add_argument("--eval_batch_size", type=int, default=64)
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--adam_weight_decay", type=float, default=1e-4)
+    parser.add_argument("--max_grad_norm", type=float, default=1.0)
+    parser.add_argument("--lr_scheduler", default="cosine",
+                        choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                                 "constant_with_warmup"])
+    parser.add_argument("--lr_warmup_steps", type=int, default=100)
+    parser.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_train_epochs")
+    parser.add_argument("--num_train_epochs", type=int, default=20)
+    parser.add_argument("--class_weighting", default="balanced", choices=["balanced", "none"],
+                        help="cross-entropy class weights N / (2 N_c) of the final training set, or none")
+    parser.add_argument("--label_smoothing", type=float, default=0.0)
+    parser.add_argument("--rotation_degrees", type=float, default=7.0, help="augmentation: max rotation")
+    parser.add_argument("--translate", type=float, default=0.05, help="augmentation: max shift (fraction)")
+    parser.add_argument("--scale_jitter", type=float, default=0.08, help="augmentation: zoom 1 +- this")
+    parser.add_argument("--brightness", type=float, default=0.2, help="augmentation: brightness jitter")
+    parser.add_argument("--contrast", type=float, default=0.2, help="augmentation: contrast jitter")
+    parser.add_argument("--validation_steps", type=int, default=None, help="validate every N steps (default: each epoch)")
+    parser.add_argument("--early_stopping_patience", type=int, default=5,
+                        help="stop after this many validations without a better AUROC (0: never)")
+    parser.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--use_ema", action="store_true", help="validate / keep an EMA of the weights")
+    parser.add_argument("--ema_decay", type=float, default=0.999)
+    parser.add_argument("--checkpointing_steps", type=int, default=500)
+    parser.add_argument("--checkpoints_total_limit", type=int, default=2)
+    parser.add_argument("--resume_from_checkpoint", default=None, help='"latest" or a checkpoint folder')
+    parser.add_argument("--logging_steps", type=int, default=10)
+    parser.add_argument("--num_bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    parser.add_argument("--final_dtype", default="fp16", choices=["fp16", "fp32"],
+                        help="precision of the saved final model (fp16 safetensors load as fp32)")
+    parser.add_argument("--output_dir", default="runs/classifier")
+    parser.add_argument("--logging_dir", default="logs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="run once per seed into <output_dir>/seed-<s> and report mean +- std")
+    parser.add_argument("--dataloader_num_workers", type=int, default=0)
+    parser.add_argument("--report_to", default="tensorboard", help='"tensorboard", "none", ...')
+    parser.add_argument("--push_to_hub", action="store_true")
+    parser.add_argument("--hub_model_id", default=None)
+    args = apply_config_file(parser, argv, section="classifier")
+    check_positive(parser, args, "resolution", "train_batch_size", "eval_batch_size", "learning_rate",
+                   "gradient_accumulation_steps", "checkpointing_steps", "validation_steps", "max_train_steps",
+                   "num_train_epochs", "logging_steps", "num_bootstrap", "max_train_samples", "max_eval_samples")
+    try:
+        args.architecture = resolve_architecture(args.model_config)
+    except CXRInputError as err:
+        parser.error(str(err))
+    if args.resolution < 28:
+        parser.error(f"--resolution must be at least 28, got {args.resolution}")
+    if not 0 <= args.validation_size < 1:
+        parser.error(f"--validation_size must be in [0, 1), got {args.validation_size}")
+    for name in ("synthetic_ratio", "duplicate_real_ratio", "label_smoothing", "early_stopping_patience"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} must be >= 0, got {getattr(args, name)}")
+    if args.synthetic_ratio > 0 and args.duplicate_real_ratio > 0:
+        parser.error("give either --synthetic_ratio or --duplicate_real_ratio (the control), not both")
+    if args.synthetic_ratio > 0 and not args.synthetic_data_dir:
+        parser.error("--synthetic_ratio needs --synthetic_data_dir")
+    if args.synthetic_data_dir and not args.synthetic_ratio > 0:
+        parser.error("--synthetic_data_dir needs --synthetic_ratio > 0")
+    if args.train_data_dir is None and args.dataset_name is None:
+        parser.error("give --train_data_dir (Kermany root, PneumoniaMNIST .npz or saved dataset) or --dataset_name")
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id")
+    if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+        parser.error("--seeds must not repeat a seed")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------- data
+def detect_dataset(args) -> str:
+    if args.dataset != "auto":
+        return args.dataset
+    if args.dataset_name:
+        return "saved"
+    root = Path(args.train_data_dir)
+    if root.suffix == ".npz" or (root.is_dir() and any(root.glob("*.npz"))):
+        return "pneumoniamnist"
+    if (root / "dataset_dict.json").is_file():
+        return "saved"
+    return "kermany"
+
+
+def load_splits(args) -> tuple[dict, dict]:
+    """`({"train", "validation", "test"}: list[Record], info)` without decoding images."""
+    import datasets
+
+    kind = detect_dataset(args)
+    notes: list[str] = []
+    if kind == "kermany":
+        from cxr_diffusers.data import load_pneumonia
+
+        data = load_pneumonia(args.train_data_dir, val_size=args.validation_size, use_official_val=False,
+                              seed=args.split_seed, check_images="exists")
+        notes += list(getattr(getattr(data, "report", None), "notes", []))
+        description = "Kermany et al. pediatric chest X-rays (official train split; official 624-image test split)"
+    elif kind == "pneumoniamnist":
+        from cxr_diffusers.data import load_pneumoniamnist
+
+        data = load_pneumoniamnist(args.train_data_dir)
+        description = "PneumoniaMNIST (MedMNIST v2, 28x28) with its official train/val/test splits"
+    else:
+        if args.dataset_name:
+            data = datasets.load_dataset(args.dataset_name)
+        else:
+            root = Path(args.train_data_dir)
+            if not root.exists():
+                raise DataError(f"--train_data_dir {root} does not exist.")
+            data = datasets.load_from_disk(str(root))
+        if not isinstance(data, datasets.DatasetDict) or "train" not in data:
+            raise DataError("The saved dataset must be a DatasetDict with a 'train' split.")
+        description = f"saved dataset {args.dataset_name or args.train_data_dir}"
+    splits = {name: records_from_dataset(data[name]) for name in ("train", "validation", "test") if name in data}
+    if "validation" not in splits:
+        splits["train"], splits["validation"] = carve_validation(data["train"], splits["train"], args)
+        notes.append(f"validation carved from train by patient ({args.validation_size:.0%}, seed {args.split_seed})")
+    if "test" not in splits:
+        splits["test"] = splits["validation"]
+        notes.append("no test split: test metrics are on the validation split")
+    splits["train"] = stratified_subset(splits["train"], args.max_train_samples, args.split_seed)
+    for name in ("validation", "test"):
+        splits[name] = stratified_subset(splits[name], args.max_eval_samples, args.split_seed)
+    if args.max_train_samples or args.max_eval_samples:
+        notes.append(f"subsets: --max_train_samples {args.max_train_samples}, --max_eval_samples {args.max_eval_samples}")
+    for name, records in splits.items():
+        if not records:
+            raise DataError(f"The {name} split is empty.")
+    return splits, {"dataset": kind, "description": description, "notes": notes}
+
+
+def carve_validation(dataset, records, args):
+    from cxr_diffusers.data import assign_patient_splits
+
+    if args.validation_size <= 0:
+        raise DataError("The dataset has no validation split; give --validation_size > 0 to carve one from train.")
+    ids = dataset["patient_id"] if "patient_id" in dataset.column_names else [""] * len(records)
+    ids = [pid or f"image-{i}" for i, pid in enumerate(ids)]
+    strata = {pid: str(r.label) for pid, r in zip(ids, records)}
+    assignment = assign_patient_splits(ids, {"validation": args.validation_size}, seed=args.split_seed, strata=strata)
+    train = [r for pid, r in zip(ids, records) if assignment[pid] == "train"]
+    validation = [r for pid, r in zip(ids, records) if assignment[pid] == "validation"]
+    return train, validation
+
+
+def make_loader(records, transform, batch_size, shuffle, seed, num_workers, drop_last=False):
+    return torch.utils.data.DataLoader(
+        XrayClassificationDataset(records, transform), batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
+        num_workers=num_workers, drop_last=drop_last,
+        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+    )
+
+
+@torch.no_grad()
+def predict(model, loader, accelerator, weight=None):
+    """(labels, P(PNEUMONIA), mean weighted CE) over a prepared loader, gathered across processes."""
+    model.eval()
+    labels, probs, losses = [], [], []
+    for batch in loader:
+        with accelerator.autocast():
+            logits = model(pixel_values=batch["pixel_values"]).logits.float()
+        loss = F.cross_entropy(logits, batch["labels"], weight=weight, reduction="none")
+        logits, targets, loss = accelerator.gather_for_metrics((logits, batch["labels"], loss))
+        labels.append(targets.cpu())
+        probs.append(torch.softmax(logits, dim=-1)[:, 1].cpu())
+        losses.append(loss.cpu())
+    model.train()
+    return torch.cat(labels).numpy(), torch.cat(probs).numpy(), float(torch.cat(losses).mean())
+
+
+# ----------------------------------------------------------------------------------------------------- one run
+def train_one(args, seed: int, output_dir: Path) -> dict:
+    from diffusers.training_utils import EMAModel
+    from transformers import ResNetForImageClassification
+
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(seed)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+
+    # Data
+    splits, data_info = load_splits(args)
+    synthetic = read_synthetic_manifest(args.synthetic_data_dir) if args.synthetic_data_dir else None
+    train_records, counts = mix_records(splits["train"], synthetic, synthetic_ratio=args.synthetic_ratio,
+                                        duplicate_real_ratio=args.duplicate_real_ratio, seed=seed)
+    weights = class_weights(train_records) if args.class_weighting == "balanced" else [1.0, 1.0]
+    augment = dict(rotation=args.rotation_degrees, translate=args.translate, scale=args.scale_jitter,
+                   brightness=args.brightness, contrast=args.contrast)
+    train_tf = build_transforms(args.resolution, train=True, **augment)
+    eval_tf = build_transforms(args.resolution, train=False)
+    train_loader = make_loader(train_records, train_tf, args.train_batch_size, True, seed,
+                               args.dataloader_num_workers, drop_last=len(train_records) >= args.train_batch_size)
+    val_loader = make_loader(splits["validation"], eval_tf, args.eval_batch_size, False, seed,
+                             args.dataloader_num_workers)
+
+    # Model
+    model, processor, init = build_classifier(args.architecture, args.pretrained_model_name_or_path, args.resolution)
+    model.train()
+    ema = EMAModel(model.parameters(), decay=args.ema_decay) if args.use_ema else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.adam_weight_decay)
+    updates_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
+    num_epochs = math.ceil(max_train_steps / updates_per_epoch)
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
+                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=max_train_steps * accelerator.num_processes)
+    model, optimizer, train_loader, val_loader, lr_scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, lr_scheduler)
+    unwrapped = accelerator.unwrap_model(model)
+    if ema:
+        ema.to(accelerator.device)
+    class_weight = torch.tensor(weights, dtype=torch.float32, device=accelerator.device)
+
+    # Checkpoints: weights with save_pretrained (safetensors), EMA and the early-stopping state beside them
+    state = {"best_key": None, "best_step": None, "best_val": None, "bad_validations": 0, "stopped_early": False}
+
+    def save_hook(wrapped_models, model_weights, ckpt_dir):
+        if accelerator.is_main_process:
+            unwrapped.save_pretrained(os.path.join(ckpt_dir, "model"), safe_serialization=True)
+            processor.save_pretrained(os.path.join(ckpt_dir, "model"))
+            if ema:
+                torch.save(ema.state_dict(), os.path.join(ckpt_dir, "ema.pt"))
+            Path(ckpt_dir, "trainer_state.json").write_text(json.dumps(state, indent=2))
+        while model_weights:
+            model_weights.pop()
+
+    def load_hook(wrapped_models, ckpt_dir):
+        loaded = ResNetForImageClassification.from_pretrained(os.path.join(ckpt_dir, "model"), dtype=torch.float32)
+        unwrapped.load_state_dict(loaded.state_dict())
+        del loaded
+        if ema:
+            ema.load_state_dict(torch.load(os.path.join(ckpt_dir, "ema.pt"), map_location="cpu"))
+            ema.to(accelerator.device)
+        state.update(json.loads(Path(ckpt_dir, "trainer_state.json").read_text()))
+        while wrapped_models:
+            wrapped_models.pop()
+
+    handles = [accelerator.register_save_state_pre_hook(save_hook), accelerator.register_load_state_pre_hook(load_hook)]
+    if accelerator.is_main_process and args.report_to != "none":
+        accelerator.init_trackers("train_classifier", config={k: v for k, v in vars(args).items()
+                                                              if isinstance(v, (int, float, str, bool))})
+    history = JsonlLogger(output_dir / "metrics.jsonl") if accelerator.is_main_process else None
+
+    # Resume
+    global_step, first_epoch, skip_batches = 0, 0, 0
+    checkpoint = resolve_resume_checkpoint(str(output_dir), args.resume_from_checkpoint)
+    if checkpoint is not None:
+        accelerator.print(f"Resuming from {checkpoint}")
+        accelerator.load_state(str(checkpoint))
+        global_step = checkpoint_step(checkpoint)
+        first_epoch = global_step // updates_per_epoch
+        skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
+
+    def validate(step: int) -> None:
+        if ema:
+            ema.store(unwrapped.parameters())
+            ema.copy_to(unwrapped.parameters())
+        labels, probs, val_loss = predict(model, val_loader, accelerator, class_weight)
+        val_accuracy = float(((probs >= 0.5) == labels).mean())
+        auroc = evaluate_predictions(labels, probs, n_bootstrap=0)["metrics"]["auroc"]["value"]
+        key = [auroc if math.isfinite(auroc) else -1.0, -val_loss]
+        improved = state["best_key"] is None or key > state["best_key"]
+        if improved:
+            state.update(best_key=key, best_step=step, bad_validations=0,
+                         best_val={"auroc": auroc, "accuracy": val_accuracy, "loss": val_loss})
+            if accelerator.is_main_process:
+                save_classifier(unwrapped, processor, output_dir / "best")
+                (output_dir / "best" / "best.json").write_text(json.dumps({"step": step, **state["best_val"]}))
+        else:
+            state["bad_validations"] += 1
+        if ema:
+            ema.restore(unwrapped.parameters())
+        if accelerator.is_main_process:
+            history.log(step, val_loss=val_loss, val_accuracy=val_accuracy, val_auroc=auroc)
+        if args.report_to != "none":
+            accelerator.log({"val_loss": val_loss, "val_accuracy": val_accuracy, "val_auroc": auroc}, step=step)
+        accelerator.print(f"step {step}: val loss {val_loss:.4f} acc {val_accuracy:.4f} AUROC {auroc:.4f}"
+                          f"{' (best)' if improved else ''}")
+        if args.early_stopping_patience and state["bad_validations"] >= args.early_stopping_patience:
+            state["stopped_early"] = True
+
+    logger.info(f"{counts['total']} training images ({counts}), {len(splits['validation'])} validation, "
+                f"{len(splits['test'])} test; {max_train_steps} steps of {args.train_batch_size} at "
+                f"{args.resolution}px; {args.architecture} ({init}); class weights {weights}")
+    progress = tqdm(range(max_train_steps), initial=global_step, desc=f"train_classifier seed {seed}",
+                    disable=not accelerator.is_local_main_process)
+    start = time.time()
+    window = {"loss": 0.0, "correct": 0, "seen": 0}
+    done = state["stopped_early"] or global_step >= max_train_steps
+    for epoch in range(first_epoch, num_epochs):
+        if done:
+            break
+        train_loader.set_epoch(epoch)  # the shuffle order of epoch `epoch`, also right after a resume
+        epoch_loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
+        skip_batches = 0
+        for batch in epoch_loader:
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    logits = model(pixel_values=batch["pixel_values"]).logits.float()
+                loss = F.cross_entropy(logits, batch["labels"], weight=class_weight,
+                                       label_smoothing=args.label_smoothing)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            window["loss"] += loss.item() * len(batch["labels"])
+            window["correct"] += int((logits.argmax(-1) == batch["labels"]).sum())
+            window["seen"] += len(batch["labels"])
+            if not accelerator.sync_gradients:
+                continue
+            if ema:
+                ema.step(model.parameters())
+            global_step += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+            if global_step % args.logging_steps == 0 or global_step == max_train_steps:
+                logs = {"train_loss": window["loss"] / window["seen"],
+                        "train_accuracy": window["correct"] / window["seen"], "lr": lr_scheduler.get_last_lr()[0]}
+                window = {"loss": 0.0, "correct": 0, "seen": 0}
+                if accelerator.is_main_process:
+                    history.log(global_step, **logs)
+                if args.report_to != "none":
+                    accelerator.log(logs, step=global_step)
+            end_of_epoch = global_step % updates_per_epoch == 0
+            if (args.validation_steps and global_step % args.validation_steps == 0) or \
+                    (not args.validation_steps and end_of_epoch) or global_step == max_train_steps:
+                validate(global_step)
+            if global_step % args.checkpointing_steps == 0 and accelerator.is_main_process:
+                prune_checkpoints(str(output_dir), args.checkpoints_total_limit)
+                accelerator.save_state(str(output_dir / f"checkpoint-{global_step}"))
+            if state["stopped_early"] or global_step >= max_train_steps:
+                done = True
+                break
+    progress.close()
+    if state["best_step"] is None:  # e.g. resumed at the very end: validate what we have
+        validate(global_step)
+    accelerator.wait_for_everyone()
+    seconds = time.time() - start
+
+    result: dict = {}
+    if accelerator.is_main_process:
+        result = finish(args, seed, output_dir, splits, data_info, counts, weights, init, state, global_step,
+                        max_train_steps, seconds, accelerator, history)
+    for handle in handles:
+        handle.remove()
+    accelerator.end_training()
+    accelerator.free_memory()
+    return result
+
+
+def finish(args, seed, output_dir, splits, data_info, counts, weights, init, state, global_step, max_train_steps,
+           seconds, accelerator, history) -> dict:
+    """Best model -> <output_dir>/model (final dtype), test metrics with CIs, plots, metrics.json, model card."""
+    model_dir = output_dir / "model"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    best, processor = load_classifier(output_dir / "best")
+    save_classifier(best, processor, model_dir, dtype=args.final_dtype)
+    model, _ = load_classifier(model_dir, device=str(accelerator.device))  # exactly what users will load
+    eval_tf = build_transforms(args.resolution, train=False)
+    loader = make_loader(splits["test"], eval_tf, args.eval_batch_size, False, seed, args.dataloader_num_workers)
+    labels, probs = [], []
+    with torch.no_grad():
+        for batch in loader:
+            logits = model(pixel_values=batch["pixel_values"].to(accelerator.device)).logits.float()
+            probs.append(torch.softmax(logits, -1)[:, 1].cpu())
+            labels.append(batch["labels"])
+    labels, probs = torch.cat(labels).numpy(), torch.cat(probs).numpy()
+    test = evaluate_predictions(labels, probs, threshold=0.5, n_bootstrap=args.num_bootstrap, seed=seed)
+
+    plot_training_curves(history.history, model_dir / "training_curves.png",
+                         f"{args.architecture} {args.resolution}px, seed {seed}")
+    plot_confusion_matrix(test["confusion_matrix"], model_dir / "confusion_matrix.png",
+                          title=f"Test confusion matrix (n={test['n']})")
+    plot_roc(labels, probs, model_dir / "roc.png", title=f"Test ROC (n={test['n']})")
+    weights_file = model_dir / "model.safetensors"
+    metrics = {
+        "test": test,
+        "validation_best": {"step": state["best_step"], **(state["best_val"] or {})},
+        "training": {"seed": seed, "global_step": global_step, "max_train_steps": max_train_steps,
+                     "stopped_early": state["stopped_early"], "seconds": round(seconds, 1),
+                     "seconds_per_step": round(seconds / max(1, global_step), 3), "device": str(accelerator.device),
+                     "num_processes": accelerator.num_processes},
+        "data": {**data_info, "train_counts": counts, "validation_images": len(splits["validation"]),
+                 "test_images": len(splits["test"]), "class_weights": weights,
+                 "synthetic_data_dir": args.synthetic_data_dir, "synthetic_ratio": args.synthetic_ratio,
+                 "duplicate_real_ratio": args.duplicate_real_ratio},
+        "model": {"architecture": args.architecture, "init": init, "resolution": args.resolution,
+                  "parameters": sum(p.numel() for p in model.parameters()), "weights_dtype": args.final_dtype,
+                  "weights_mb": round(weights_file.stat().st_size / 2**20, 1) if weights_file.is_file() else None},
+        "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))},
+    }
+    (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    shutil.copy(model_dir / "metrics.json", output_dir / "metrics.json")
+    write_card(args, model_dir, metrics)
+    lines = [f"{m:12s} {v['value']:.4f} [{v['ci_low']:.4f}, {v['ci_high']:.4f}]" for m, v in test["metrics"].items()]
+    accelerator.print(f"Test ({test['n']} images, seed {seed}):\n" + "\n".join(lines))
+    if args.push_to_hub:
+        push_folder(model_dir, args.hub_model_id)
+    return metrics
+
+
+def metric_table(test: dict) -> str:
+    rows = ["| metric | value | 95% CI |", "|---|---|---|"]
+    for name, v in test["metrics"].items():
+        rows.append(f"| {name} | {v['value']:.4f} | {v['ci_low']:.4f} - {v['ci_high']:.4f} |")
+    return "\n".join(rows)
+
+
+def write_card(args, model_dir: Path, metrics: dict) -> None:
+    data, model, training, test = metrics["data"], metrics["model"], metrics["training"], metrics["test"]
+    citations = [DATA_CITATIONS["kermany"]]
+    baseline = ""
+    if data["dataset"] == "pneumoniamnist":
+        citations.append("Yang J. et al. MedMNIST v2. Scientific Data 10, 41 (2023).")
+        baseline = "MedMNIST v2 PneumoniaMNIST test baselines (accuracy / AUC): " + ", ".join(
+            f"{k} {a:.3f} / {u:.3f}" for k, (a, u) in MEDMNIST_BASELINES.items()) + "."
+    counts = data["train_counts"]
+    mixing = (f"{counts['real']} real + {counts['synthetic']} synthetic (ratio {data['synthetic_ratio']}, from "
+              f"{data['synthetic_data_dir']})" if counts["synthetic"] else
+              f"{counts['real']} real + {counts['duplicated_real']} duplicated real (control, ratio "
+              f"{data['duplicate_real_ratio']})" if counts["duplicated_real"] else f"{counts['real']} real images")
+    save_model_card(
+        model_dir, "classifier",
+        card_data={"license": "apache-2.0", "library_name": "transformers", "pipeline_tag": "image-classification",
+                   "tags": ["chest-x-ray", "pneumonia", "resnet", "not-for-clinical-use"]},
+        model_name=args.hub_model_id or f"cxr-diffusers pneumonia classifier ({model['architecture']})",
+        architecture=f"transformers ResNetForImageClassification, {model['architecture']}",
+        parameters=f"{model['parameters']:,}", init=model["init"], resolution=model["resolution"],
+        weights=f"{model['weights_dtype']} safetensors ({model['weights_mb']} MB), loaded as float32",
+        data=data["description"], notes="; ".join(data["notes"]) or "none", mixing=mixing,
+        class_weights=", ".join(f"{w:.3f}" for w in data["class_weights"]),
+        validation=f"{data['validation_images']} images; best AUROC {metrics['validation_best'].get('auroc', float('nan')):.4f} "
+                   f"(accuracy {metrics['validation_best'].get('accuracy', float('nan')):.4f}) at step "
+                   f"{metrics['validation_best']['step']}",
+        training=f"{training['global_step']} steps of {args.train_batch_size} (lr {args.learning_rate}, "
+                 f"{args.lr_scheduler}, AdamW), seed {training['seed']}"
+                 f"{', stopped early' if training['stopped_early'] else ''}; {training['device']}, "
+                 f"{training['seconds'] / 3600:.2f} h ({training['seconds_per_step']} s/step)",
+        test_images=test["n"], test_counts=f"{test['n_normal']} NORMAL / {test['n_pneumonia']} PNEUMONIA",
+        metrics_table=metric_table(test), n_bootstrap=test["n_bootstrap"],
+        confusion=f"TN {test['confusion_matrix'][0][0]}, FP {test['confusion_matrix'][0][1]}, "
+                  f"FN {test['confusion_matrix'][1][0]}, TP {test['confusion_matrix'][1][1]}",
+        baseline=baseline, repo_id=args.hub_model_id or str(model_dir),
+        citations="\n".join(f"- {c}" for c in citations),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------- main
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    output_dir = Path(args.output_dir)
+    if args.seeds is None:
+        return train_one(args, args.seed, output_dir)
+    results = []
+    for seed in args.seeds:
+        run_args = copy.copy(args)
+        run_args.seed = seed
+        results.append(train_one(run_args, seed, output_dir / f"seed-{seed}"))
+    if not all(results):  # not the main process
+        return None
+    summary = {"seeds": list(args.seeds), "test": summarize_seeds([r["test"] for r in results]),
+               "train_counts": results[0]["data"]["train_counts"],
+               "synthetic_ratio": args.synthetic_ratio, "duplicate_real_ratio": args.duplicate_real_ratio,
+               "synthetic_data_dir": args.synthetic_data_dir}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "metrics_summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"Test metrics over seeds {args.seeds} (mean +- std):")
+    for name in METRICS:
+        print(f"  {name:12s} {summary['test'][name]['mean']:.4f} +- {summary['test'][name]['std']:.4f}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
