@@ -33,7 +33,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -136,7 +135,8 @@ def parse_args(argv=None):
     parser.add_argument("--early_stopping_patience", type=int, default=5,
                         help="stop after this many validations without a better AUROC (0: never)")
     parser.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
-    parser.add_argument("--use_ema", action="store_true", help="validate / keep an EMA of the weights")
+    parser.add_argument("--use_ema", action="store_true",
+                        help="validate and keep an exponential moving average of the weights and BatchNorm statistics")
     parser.add_argument("--ema_decay", type=float, default=0.999)
     parser.add_argument("--checkpointing_steps", type=int, default=500)
     parser.add_argument("--checkpoints_total_limit", type=int, default=2)
@@ -146,6 +146,9 @@ def parse_args(argv=None):
     parser.add_argument("--final_dtype", default="fp16", choices=["fp16", "fp32"],
                         help="precision of the saved final model (fp16 safetensors load as fp32)")
     parser.add_argument("--output_dir", default="runs/classifier")
+    parser.add_argument("--final_model_dir", default=None,
+                        help="where the final model folder goes (default <output_dir>/model), e.g. "
+                             "pretrained/pneumonia-classifier")
     parser.add_argument("--logging_dir", default="logs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
@@ -181,6 +184,8 @@ def parse_args(argv=None):
         parser.error("--push_to_hub needs --hub_model_id")
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
         parser.error("--seeds must not repeat a seed")
+    if args.seeds is not None and args.final_model_dir:
+        parser.error("--final_model_dir cannot be combined with --seeds (each seed writes <output_dir>/seed-<s>/model)")
     return args
 
 
@@ -260,8 +265,9 @@ def carve_validation(dataset, records, args):
 
 
 def make_loader(records, transform, batch_size, shuffle, seed, num_workers, drop_last=False):
+    dataset = XrayClassificationDataset(records, transform, seed=seed if shuffle else None)  # per-item augmentation RNG
     return torch.utils.data.DataLoader(
-        XrayClassificationDataset(records, transform), batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
+        dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
         num_workers=num_workers, drop_last=drop_last,
         generator=torch.Generator().manual_seed(seed) if shuffle else None,
     )
@@ -286,7 +292,7 @@ def predict(model, loader, accelerator, weight=None):
 
 # ----------------------------------------------------------------------------------------------------- one run
 def train_one(args, seed: int, output_dir: Path) -> dict:
-    from diffusers.training_utils import EMAModel
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
     from transformers import ResNetForImageClassification
 
     accelerator = Accelerator(
@@ -306,19 +312,19 @@ def train_one(args, seed: int, output_dir: Path) -> dict:
     train_records, counts = mix_records(splits["train"], synthetic, synthetic_ratio=args.synthetic_ratio,
                                         duplicate_real_ratio=args.duplicate_real_ratio, seed=seed)
     weights = class_weights(train_records) if args.class_weighting == "balanced" else [1.0, 1.0]
-    augment = dict(rotation=args.rotation_degrees, translate=args.translate, scale=args.scale_jitter,
-                   brightness=args.brightness, contrast=args.contrast)
+    augment = {"rotation": args.rotation_degrees, "translate": args.translate, "scale": args.scale_jitter,
+                   "brightness": args.brightness, "contrast": args.contrast}
     train_tf = build_transforms(args.resolution, train=True, **augment)
     eval_tf = build_transforms(args.resolution, train=False)
     train_loader = make_loader(train_records, train_tf, args.train_batch_size, True, seed,
                                args.dataloader_num_workers, drop_last=len(train_records) >= args.train_batch_size)
+    train_dataset = train_loader.dataset
     val_loader = make_loader(splits["validation"], eval_tf, args.eval_batch_size, False, seed,
                              args.dataloader_num_workers)
 
     # Model
     model, processor, init = build_classifier(args.architecture, args.pretrained_model_name_or_path, args.resolution)
     model.train()
-    ema = EMAModel(model.parameters(), decay=args.ema_decay) if args.use_ema else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.adam_weight_decay)
     updates_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
@@ -329,8 +335,10 @@ def train_one(args, seed: int, output_dir: Path) -> dict:
     model, optimizer, train_loader, val_loader, lr_scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, lr_scheduler)
     unwrapped = accelerator.unwrap_model(model)
-    if ema:
-        ema.to(accelerator.device)
+    # EMA of parameters and BatchNorm buffers (torch's AveragedModel); validation, the best model and the final model
+    # use it when --use_ema is given
+    ema = AveragedModel(unwrapped, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay), use_buffers=True) \
+        if args.use_ema else None
     class_weight = torch.tensor(weights, dtype=torch.float32, device=accelerator.device)
 
     # Checkpoints: weights with save_pretrained (safetensors), EMA and the early-stopping state beside them
@@ -341,8 +349,10 @@ def train_one(args, seed: int, output_dir: Path) -> dict:
             unwrapped.save_pretrained(os.path.join(ckpt_dir, "model"), safe_serialization=True)
             processor.save_pretrained(os.path.join(ckpt_dir, "model"))
             if ema:
-                torch.save(ema.state_dict(), os.path.join(ckpt_dir, "ema.pt"))
+                torch.save(ema.state_dict(), os.path.join(ckpt_dir, "ema.pt"))  # AveragedModel: module + n_averaged
             Path(ckpt_dir, "trainer_state.json").write_text(json.dumps(state, indent=2))
+            if (output_dir / "best").is_dir():  # self-contained: the best model so far travels with the checkpoint
+                shutil.copytree(output_dir / "best", os.path.join(ckpt_dir, "best"), dirs_exist_ok=True)
         while model_weights:
             model_weights.pop()
 
@@ -351,9 +361,11 @@ def train_one(args, seed: int, output_dir: Path) -> dict:
         unwrapped.load_state_dict(loaded.state_dict())
         del loaded
         if ema:
-            ema.load_state_dict(torch.load(os.path.join(ckpt_dir, "ema.pt"), map_location="cpu"))
-            ema.to(accelerator.device)
+            ema.load_state_dict(torch.load(os.path.join(ckpt_dir, "ema.pt"), map_location=accelerator.device))
         state.update(json.loads(Path(ckpt_dir, "trainer_state.json").read_text()))
+        if accelerator.is_main_process and Path(ckpt_dir, "best").is_dir():  # the best as of this checkpoint
+            shutil.rmtree(output_dir / "best", ignore_errors=True)
+            shutil.copytree(os.path.join(ckpt_dir, "best"), output_dir / "best")
         while wrapped_models:
             wrapped_models.pop()
 
@@ -374,10 +386,8 @@ def train_one(args, seed: int, output_dir: Path) -> dict:
         skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
 
     def validate(step: int) -> None:
-        if ema:
-            ema.store(unwrapped.parameters())
-            ema.copy_to(unwrapped.parameters())
-        labels, probs, val_loss = predict(model, val_loader, accelerator, class_weight)
+        evaluated = ema.module if ema else model
+        labels, probs, val_loss = predict(evaluated, val_loader, accelerator, class_weight)
         val_accuracy = float(((probs >= 0.5) == labels).mean())
         auroc = evaluate_predictions(labels, probs, n_bootstrap=0)["metrics"]["auroc"]["value"]
         key = [auroc if math.isfinite(auroc) else -1.0, -val_loss]
@@ -386,12 +396,10 @@ def train_one(args, seed: int, output_dir: Path) -> dict:
             state.update(best_key=key, best_step=step, bad_validations=0,
                          best_val={"auroc": auroc, "accuracy": val_accuracy, "loss": val_loss})
             if accelerator.is_main_process:
-                save_classifier(unwrapped, processor, output_dir / "best")
+                save_classifier(ema.module if ema else unwrapped, processor, output_dir / "best")
                 (output_dir / "best" / "best.json").write_text(json.dumps({"step": step, **state["best_val"]}))
         else:
             state["bad_validations"] += 1
-        if ema:
-            ema.restore(unwrapped.parameters())
         if accelerator.is_main_process:
             history.log(step, val_loss=val_loss, val_accuracy=val_accuracy, val_auroc=auroc)
         if args.report_to != "none":
@@ -413,6 +421,7 @@ def train_one(args, seed: int, output_dir: Path) -> dict:
         if done:
             break
         train_loader.set_epoch(epoch)  # the shuffle order of epoch `epoch`, also right after a resume
+        train_dataset.set_epoch(epoch)  # and its augmentations
         epoch_loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
         skip_batches = 0
         for batch in epoch_loader:
@@ -433,7 +442,7 @@ def train_one(args, seed: int, output_dir: Path) -> dict:
             if not accelerator.sync_gradients:
                 continue
             if ema:
-                ema.step(model.parameters())
+                ema.update_parameters(unwrapped)
             global_step += 1
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.4f}")
@@ -475,7 +484,7 @@ def train_one(args, seed: int, output_dir: Path) -> dict:
 def finish(args, seed, output_dir, splits, data_info, counts, weights, init, state, global_step, max_train_steps,
            seconds, accelerator, history) -> dict:
     """Best model -> <output_dir>/model (final dtype), test metrics with CIs, plots, metrics.json, model card."""
-    model_dir = output_dir / "model"
+    model_dir = Path(args.final_model_dir) if args.final_model_dir else output_dir / "model"
     if model_dir.exists():
         shutil.rmtree(model_dir)
     best, processor = load_classifier(output_dir / "best")

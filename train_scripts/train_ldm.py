@@ -254,8 +254,8 @@ def main(argv=None):
 
     # Data: cached posterior moments + metadata rows for prompts
     dataset = load_training_dataset(args.train_data_dir, args.dataset_name, "train")
-    if args.max_train_samples:
-        dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
+    if args.max_train_samples:  # a seeded random subset (sources are concatenated in order)
+        dataset = dataset.shuffle(seed=args.seed).select(range(min(args.max_train_samples, len(dataset))))
     vae.to(accelerator.device)
     with accelerator.main_process_first():
         moments = cached_latent_moments(vae, dataset, args.resolution, args.encode_batch_size,

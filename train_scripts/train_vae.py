@@ -320,7 +320,7 @@ def main(argv=None):
             scaling_factor=f"{scaling:.4f}", data=str(args.train_data_dir or args.dataset_name),
             steps=global_step, batch=args.train_batch_size, crop=args.crop_size, hardware=str(accelerator.device),
             hours=f"{(time.time() - start) / 3600:.2f} (this run)",
-            losses=f"loss {summary['final_loss']:.5f}", resolution=args.resolution, num_eval=metrics["num_images"],
+            losses=f"loss {summary['final_loss']:.5f}" if summary["final_loss"] is not None else "see metrics.jsonl", resolution=args.resolution, num_eval=metrics["num_images"],
             metrics=f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}",
             repo_id=args.hub_model_id or str(output_dir / "vae"), citations="\n".join(f"- {c}" for c in DATA_CITATIONS.values()),
         )
