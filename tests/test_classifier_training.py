@@ -1,0 +1,121 @@
+"""train_scripts/train_classifier.py: a few steps on real X-rays, its outputs, exact resume, early stopping.
+
+Runs in-process through the script's `main(argv)` with the tiny configuration (ResNet-18, 64 px, 6 steps). Mixing,
+seeds and PneumoniaMNIST are in test_classifier_mixing.py.
+"""
+
+import importlib.util
+import json
+import shutil
+import sys
+
+import datasets
+import pytest
+import torch
+from conftest import FIXTURES_DIR, REPO_ROOT, shared_data_dir
+from PIL import Image
+from safetensors.torch import load_file
+
+from cxr_diffusers.classification.metrics import METRICS
+
+TINY = str(REPO_ROOT / "train_scripts" / "configs" / "tiny.json")
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("train_scripts_train_classifier",
+                                                  REPO_ROOT / "train_scripts" / "train_classifier.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def script():
+    return load_script()
+
+
+@pytest.fixture(scope="module")
+def data_args(tmp_path_factory):
+    """The shared Kermany copy (24 train / 12 validation / 12 test images via the tiny config), else the fixtures."""
+    kermany = shared_data_dir() / "kermany_pneumonia_224"
+    if kermany.is_dir():
+        return ["--train_data_dir", str(kermany), "--dataset", "kermany"]
+    files = sorted(str(p) for p in (FIXTURES_DIR / "kermany").rglob("*.jpeg"))
+    def split(n):
+        rows = {"image": (files * n)[: 3 * n], "labels": [["pneumonia"] if "PNEUMONIA" in f else [] for f in files] * n,
+                "patient_id": [f"p{i}" for i in range(3 * n)]}
+        return datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image(mode="L"))
+    folder = tmp_path_factory.mktemp("fixture_xrays")
+    datasets.DatasetDict({"train": split(8), "validation": split(2), "test": split(2)}).save_to_disk(folder)
+    return ["--train_data_dir", str(folder)]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(script, data_args, tmp_path_factory):
+    out = tmp_path_factory.mktemp("classifier_run")
+    script.main(["--config", TINY, *data_args, "--output_dir", str(out)])
+    return out
+
+
+def test_short_run_writes_model_metrics_plots_and_card(tiny_run):
+    from transformers import pipeline
+
+    model_dir = tiny_run / "model"
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics == json.loads((tiny_run / "metrics.json").read_text())
+    assert metrics["training"]["global_step"] == 6 and metrics["model"]["architecture"] == "resnet-18"
+    assert metrics["model"]["weights_dtype"] == "fp16" and metrics["model"]["weights_mb"] < 25
+    test = metrics["test"]
+    assert set(test["metrics"]) == set(METRICS) and test["n_bootstrap"] == 50
+    for value in test["metrics"].values():
+        if value["value"] == value["value"]:  # not NaN
+            assert value["ci_low"] <= value["value"] + 1e-9 and value["value"] <= value["ci_high"] + 1e-9
+    assert sum(map(sum, test["confusion_matrix"])) == test["n"]
+    assert metrics["validation_best"]["step"] in (3, 6)
+    for plot in ("training_curves.png", "confusion_matrix.png", "roc.png"):
+        assert Image.open(model_dir / plot).size[0] > 100
+    card = (model_dir / "README.md").read_text()
+    assert "Not for clinical use" in card and "trained from scratch" in card and "| auroc |" in card
+    assert [p.name for p in sorted(tiny_run.glob("checkpoint-*"))] == ["checkpoint-3", "checkpoint-6"]
+    assert (tiny_run / "checkpoint-6" / "model" / "model.safetensors").is_file()
+    assert (tiny_run / "checkpoint-6" / "ema.pt").is_file()  # tiny.json sets use_ema
+    assert json.loads((tiny_run / "best" / "best.json").read_text())["step"] == metrics["validation_best"]["step"]
+    result = pipeline("image-classification", model=str(model_dir))(str(next(FIXTURES_DIR.glob("nih/*.png"))))
+    assert {r["label"] for r in result} == {"NORMAL", "PNEUMONIA"}
+
+
+def test_resume_from_checkpoint_is_exact(script, data_args, tiny_run, tmp_path):
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(tiny_run / "checkpoint-3", resumed / "checkpoint-3")
+    script.main(["--config", TINY, *data_args, "--output_dir", str(resumed), "--resume_from_checkpoint", "latest"])
+    original = load_file(tiny_run / "checkpoint-6" / "model" / "model.safetensors")
+    again = load_file(resumed / "checkpoint-6" / "model" / "model.safetensors")
+    assert original.keys() == again.keys()
+    for key in original:
+        assert torch.equal(original[key], again[key]), key
+    assert json.loads((resumed / "checkpoint-6" / "trainer_state.json").read_text()) == \
+        json.loads((tiny_run / "checkpoint-6" / "trainer_state.json").read_text())
+
+
+def test_early_stopping_follows_validation_auroc(script, data_args, tmp_path):
+    script.main(["--config", TINY, *data_args, "--output_dir", str(tmp_path), "--validation_steps", "1",
+                 "--early_stopping_patience", "2", "--checkpointing_steps", "100", "--num_bootstrap", "10"])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    validations = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    validations = [v for v in validations if "val_auroc" in v]
+    # replay the rule: best = max (AUROC, -loss); stop after 2 validations without improvement
+    best, bad, stop_step, best_step = None, 0, None, None
+    for v in validations:
+        key = (v["val_auroc"], -v["val_loss"])
+        if best is None or key > best:
+            best, bad, best_step = key, 0, v["step"]
+        else:
+            bad += 1
+        if bad >= 2:
+            stop_step = v["step"]
+            break
+    assert metrics["validation_best"]["step"] == best_step
+    assert metrics["training"]["stopped_early"] == (stop_step is not None)
+    assert metrics["training"]["global_step"] == (stop_step or 6) == validations[-1]["step"]
