@@ -19,12 +19,18 @@ from ..errors import CXRInputError
 __all__ = [
     "contrast_ratio",
     "entropy",
+    "image_statistics",
     "local_contrast",
+    "mean_intensity",
+    "ms_ssim",
+    "ms_ssim_window",
+    "pairwise_ms_ssim",
     "psnr",
     "quality_metrics",
     "rms_contrast",
     "sharpness",
     "ssim",
+    "std_intensity",
 ]
 
 
@@ -114,3 +120,97 @@ def quality_metrics(image: ImageLike, reference: ImageLike | None = None) -> dic
         out["psnr"] = psnr(reference, image)
         out["ssim"] = ssim(reference, image)
     return out
+
+
+def mean_intensity(image: ImageLike) -> float:
+    """Mean of the [0, 1] intensities."""
+    return float(_unit(image).mean())
+
+
+def std_intensity(image: ImageLike) -> float:
+    """Standard deviation of the [0, 1] intensities (the same number as `rms_contrast`, named for reports)."""
+    return float(_unit(image).std())
+
+
+def image_statistics(image: ImageLike) -> dict[str, float]:
+    """The per-image numbers reported by `cxr-diffusers evaluate`: `quality_metrics` plus mean/std intensity."""
+    out = quality_metrics(image)
+    out["mean_intensity"] = mean_intensity(image)
+    out["std_intensity"] = std_intensity(image)
+    return out
+
+
+def ms_ssim_window(size: int) -> int:
+    """The largest odd Gaussian window (<= 11, pytorch-msssim's default) that MS-SSIM's 4 downsamplings allow for an
+    image whose smaller side is `size` (pytorch-msssim needs `size > (win - 1) * 16`)."""
+    for win in (11, 9, 7, 5, 3):
+        if size > (win - 1) * 16:
+            return win
+    raise CXRInputError(f"ms_ssim: the images are too small ({size} px); MS-SSIM needs at least 33x33 pixels.")
+
+
+class _NativeConv:
+    """Run pytorch-msssim's one-channel Gaussian convolutions with torch's native kernel: oneDNN is several times
+    slower for them on CPU."""
+
+    def __enter__(self):
+        import warnings
+
+        import torch
+
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.simplefilter("ignore", UserWarning)
+        self._flags = torch.backends.mkldnn.flags(enabled=False)
+        self._flags.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._flags.__exit__(*exc)
+        self._warnings.__exit__(*exc)
+
+
+def _msssim_tensor(images) -> Any:
+    import torch
+
+    return torch.from_numpy(np.stack([_unit(i) for i in images]).astype(np.float32))[:, None]
+
+
+def ms_ssim(reference: ImageLike, image: ImageLike) -> float:
+    """Multi-scale structural similarity (`pytorch_msssim.ms_ssim`, 5 scales, data range 1; the Gaussian window
+    shrinks from 11 for images under 161 px, see `ms_ssim_window`)."""
+    from pytorch_msssim import ms_ssim as _ms_ssim
+
+    ref, img = _pair(reference, image, "ms_ssim")
+    x, y = _msssim_tensor([ref]), _msssim_tensor([img])
+    with _NativeConv():
+        return float(_ms_ssim(x, y, data_range=1.0, win_size=ms_ssim_window(min(ref.shape))))
+
+
+def pairwise_ms_ssim(images, num_pairs: int | None = 200, seed: int = 0) -> dict[str, float]:
+    """Diversity of a set: mean (and std) MS-SSIM over pairs of distinct images (lower = more diverse).
+
+    All pairs are used when there are at most `num_pairs` of them (or `num_pairs` is None), otherwise `num_pairs`
+    random pairs drawn with `seed`.
+    """
+    from pytorch_msssim import ms_ssim as _ms_ssim
+
+    arrays = [_unit(i) for i in images]
+    n = len(arrays)
+    if n < 2:
+        raise CXRInputError(f"pairwise_ms_ssim needs at least 2 images, got {n}.")
+    if len({a.shape for a in arrays}) != 1:
+        raise CXRInputError("pairwise_ms_ssim: all images must have the same size.")
+    ii, jj = np.triu_indices(n, k=1)
+    if num_pairs is not None and len(ii) > num_pairs:
+        pick = np.random.default_rng(seed).choice(len(ii), size=int(num_pairs), replace=False)
+        ii, jj = ii[pick], jj[pick]
+    stack = _msssim_tensor(arrays)
+    win = ms_ssim_window(min(arrays[0].shape))
+    values = []
+    with _NativeConv():
+        for start in range(0, len(ii), 64):
+            a, b = ii[start : start + 64], jj[start : start + 64]
+            values.append(_ms_ssim(stack[a], stack[b], data_range=1.0, win_size=win, size_average=False).numpy())
+    v = np.concatenate(values).astype(np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std()), "pairs": len(v)}

@@ -1,0 +1,575 @@
+"""Distribution metrics between a real and a generated image set, on a pluggable feature extractor.
+
+A feature extractor is anything with a `name` and a `__call__(images) -> np.ndarray` of shape (N, D) (see
+`FeatureExtractor`). Shipped extractors, none of which ever downloads weights:
+
+- `ClassifierFeatureExtractor`: the penultimate (pooled) layer of any `transformers` image-classification model folder,
+  e.g. the project's pneumonia classifier (a `ResNetForImageClassification`).
+- `VAEFeatureExtractor`: pooled statistics of the posterior mean of the pipeline's own `CXRAutoencoderKL`.
+- `InceptionFeatureExtractor` / `XRVFeatureExtractor`: torchvision Inception-v3 pool3 and torchxrayvision DenseNet
+  features, only where their weights are already on disk.
+
+Metrics on two feature matrices (rows = images):
+
+- `frechet_distance` (FD; "FID" with Inception features): float64, `scipy.linalg.sqrtm`.
+- `kernel_distance` (KID): unbiased MMD^2 with the cubic polynomial kernel, mean and std over random subsets.
+- `precision_recall` (Kynkaenniemi et al. 2019) and `density_coverage` (Naeem et al. 2020) from k-NN balls.
+- `distribution_metrics`: all of them in one dict.
+
+Images are PIL images, 2-D arrays (uint8/uint16, or float in [0, 1]), or a tensor (N, 1, H, W) in [0, 1].
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..errors import CXRInputError, ModelLoadingError
+
+__all__ = [
+    "ClassifierFeatureExtractor",
+    "FeatureExtractor",
+    "InceptionFeatureExtractor",
+    "VAEFeatureExtractor",
+    "XRVFeatureExtractor",
+    "available_extractors",
+    "density_coverage",
+    "distribution_metrics",
+    "feature_statistics",
+    "frechet_distance",
+    "frechet_distance_from_statistics",
+    "images_to_tensor",
+    "kernel_distance",
+    "prdc",
+    "precision_recall",
+]
+
+
+# ------------------------------------------------------------------------------------------------------ images
+def images_to_tensor(images: Any, size: int | tuple[int, int] | None = None):
+    """Images -> float32 tensor (N, 1, H, W) in [0, 1], resized to `size` (int or (height, width)) when given.
+
+    PIL images are fitted with `resize_and_pad` (aspect ratio kept); arrays and tensors are resized with antialiased
+    bilinear interpolation.
+    """
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    hw = None if size is None else ((size, size) if isinstance(size, int) else (int(size[0]), int(size[1])))
+    if isinstance(images, torch.Tensor):
+        x = images.detach().float().cpu()
+        if x.ndim == 3:
+            x = x[:, None]
+        if x.ndim != 4 or x.shape[1] != 1:
+            raise CXRInputError(f"Image tensors must have shape (N, 1, H, W), got {tuple(images.shape)}.")
+    elif isinstance(images, np.ndarray) and images.ndim in (3, 4):  # a batch (N, H, W) or (N, H, W, 1)
+        if images.ndim == 4 and images.shape[-1] != 1:
+            raise CXRInputError(f"Image arrays must have shape (N, H, W) or (N, H, W, 1), got {images.shape}.")
+        a = images[..., 0] if images.ndim == 4 else images
+        x = torch.from_numpy(np.stack([_unit_array(i) for i in a]))[:, None]
+    else:
+        if isinstance(images, (Image.Image, np.ndarray)):
+            images = [images]
+        images = list(images)
+        if not images:
+            raise CXRInputError("No images were given.")
+        arrays = []
+        for image in images:
+            if isinstance(image, Image.Image) and hw is not None and image.size != (hw[1], hw[0]):
+                from ..data.transforms import resize_and_pad
+
+                image = resize_and_pad(image, hw)
+            arrays.append(_unit_array(image))
+        shapes = {a.shape for a in arrays}
+        if len(shapes) > 1 and hw is None:
+            raise CXRInputError(f"The images have different sizes {sorted(shapes)}; pass a size to resize them to.")
+        if len(shapes) > 1:
+            arrays = [a if a.shape == hw else _resize_array(a, hw) for a in arrays]
+        x = torch.from_numpy(np.stack(arrays))[:, None]
+    if len(x) == 0:
+        raise CXRInputError("No images were given.")
+    if hw is not None and tuple(x.shape[-2:]) != hw:
+        x = F.interpolate(x, size=hw, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+    return x.contiguous()
+
+
+def _unit_array(image: Any) -> np.ndarray:
+    """One image -> 2-D float32 in [0, 1] (the scaling of `image_quality`)."""
+    from .image_quality import _unit
+
+    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    return _unit(image).astype(np.float32)
+
+
+def _resize_array(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(a, (hw[1], hw[0]), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def _batches(x, batch_size: int):
+    for start in range(0, len(x), batch_size):
+        yield x[start : start + batch_size]
+
+
+def _default_device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ------------------------------------------------------------------------------------------------ extractors
+@runtime_checkable
+class FeatureExtractor(Protocol):
+    """Maps images to an (N, D) float array. `name` identifies the features in reports (e.g. "vae", "classifier")."""
+
+    name: str
+
+    def __call__(self, images: Any) -> np.ndarray: ...
+
+
+class VAEFeatureExtractor:
+    """Pooled statistics of the posterior mean of a `CXRAutoencoderKL` encoder.
+
+    For latents (C, h, w) the features are, per channel, the spatial mean and standard deviation plus a `grid` x `grid`
+    average pooling: `C * (2 + grid**2)` numbers (64 for the 8-channel VAE with the default `grid=2`).
+
+    Args:
+        vae: the autoencoder (e.g. `pipe.vae`).
+        image_size: images are resized to this before encoding (default: the VAE's `sample_size`).
+        grid: spatial pooling grid (0 for channel statistics only).
+    """
+
+    name = "vae"
+
+    def __init__(self, vae, image_size: int | None = None, grid: int = 2, batch_size: int = 16, device=None):
+        self.vae = vae.eval()
+        self.image_size = int(image_size or vae.config.sample_size)
+        if self.image_size % vae.downsample_factor:
+            raise CXRInputError(
+                f"VAEFeatureExtractor: image_size {self.image_size} must be a multiple of {vae.downsample_factor}."
+            )
+        self.grid = int(grid)
+        self.batch_size = int(batch_size)
+        self.device = device or next(vae.parameters()).device
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **kwargs) -> VAEFeatureExtractor:
+        """From a pipeline folder (its `vae/` subfolder) or a VAE folder."""
+        from ..models import CXRAutoencoderKL
+
+        folder = Path(path)
+        sub = "vae" if (folder / "vae" / "config.json").is_file() else None
+        try:
+            vae = CXRAutoencoderKL.from_pretrained(str(folder), subfolder=sub)
+        except (OSError, ValueError) as err:
+            raise ModelLoadingError(f"Could not load a CXRAutoencoderKL from {str(path)!r}: {err}") from err
+        return cls(vae, **kwargs)
+
+    def __call__(self, images: Any) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        x = images_to_tensor(images, self.image_size)
+        dtype = next(self.vae.parameters()).dtype
+        out = []
+        with torch.no_grad():
+            for batch in _batches(x, self.batch_size):
+                z = self.vae.encode((batch * 2 - 1).to(self.device, dtype)).latent_dist.mean.float()
+                parts = [z.mean(dim=(2, 3)), z.flatten(2).std(dim=2)]
+                if self.grid:
+                    parts.append(F.adaptive_avg_pool2d(z, self.grid).flatten(1))
+                out.append(torch.cat(parts, dim=1).cpu().numpy())
+        return np.concatenate(out).astype(np.float64)
+
+
+def _processor_settings(folder: Path) -> dict[str, Any]:
+    """size / mean / std from a saved image processor (`preprocessor_config.json`), if there is one."""
+    path = folder / "preprocessor_config.json"
+    if not path.is_file():
+        return {}
+    config = json.loads(path.read_text())
+    out: dict[str, Any] = {}
+    size = config.get("size")
+    if isinstance(size, int):
+        out["image_size"] = size
+    elif isinstance(size, dict):
+        if "height" in size and "width" in size:
+            out["image_size"] = (int(size["height"]), int(size["width"]))
+        elif "shortest_edge" in size:
+            out["image_size"] = int(size["shortest_edge"])
+    if config.get("do_normalize", True) and config.get("image_mean") is not None:
+        out["image_mean"] = config["image_mean"]
+        out["image_std"] = config.get("image_std", [1.0] * len(config["image_mean"]))
+    elif not config.get("do_normalize", True):
+        out["image_mean"], out["image_std"] = [0.0], [1.0]
+    return out
+
+
+class ClassifierFeatureExtractor:
+    """Penultimate-layer features (and predictions) of a `transformers` image-classification model.
+
+    The features are the base model's `pooler_output` (for `ResNetForImageClassification`, the globally pooled last
+    stage: `model.resnet(x).pooler_output`), or the mean of the last hidden state where a model has no pooler.
+    Grayscale images are resized to `image_size`, repeated to the model's `num_channels` and normalised with
+    `image_mean` / `image_std` (read from the folder's `preprocessor_config.json` by `from_pretrained`; default 0.5 / 0.5,
+    i.e. [-1, 1]).
+    """
+
+    name = "classifier"
+
+    def __init__(
+        self,
+        model,
+        image_size: int | tuple[int, int] = 224,
+        image_mean: Sequence[float] = (0.5,),
+        image_std: Sequence[float] = (0.5,),
+        batch_size: int = 32,
+        device=None,
+    ):
+        import torch
+
+        self.model = model.eval()
+        self.image_size = image_size
+        channels = int(getattr(model.config, "num_channels", 3))
+        self.num_channels = channels
+        mean = list(image_mean) * (channels if len(image_mean) == 1 else 1)
+        std = list(image_std) * (channels if len(image_std) == 1 else 1)
+        self.mean = torch.tensor(mean[:channels], dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std[:channels], dtype=torch.float32).view(1, -1, 1, 1)
+        self.batch_size = int(batch_size)
+        self.device = device or next(model.parameters()).device
+        id2label = getattr(model.config, "id2label", None) or {}
+        self.labels = [str(id2label.get(i, id2label.get(str(i), i))) for i in range(model.config.num_labels)]
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **kwargs) -> ClassifierFeatureExtractor:
+        """Load any `AutoModelForImageClassification` folder; its image processor settings are used when saved."""
+        from transformers import AutoModelForImageClassification
+
+        folder = Path(path)
+        if not (folder / "config.json").is_file():
+            raise ModelLoadingError(f"{str(path)!r} is not an image-classification model folder (no config.json).")
+        try:
+            model = AutoModelForImageClassification.from_pretrained(str(folder))
+        except (OSError, ValueError, KeyError) as err:
+            raise ModelLoadingError(f"Could not load an image classifier from {str(path)!r}: {err}") from err
+        settings = _processor_settings(folder)
+        settings.update(kwargs)
+        return cls(model, **settings)
+
+    def preprocess(self, images: Any):
+        x = images_to_tensor(images, self.image_size)
+        x = x.expand(-1, self.num_channels, -1, -1)
+        return (x - self.mean) / self.std
+
+    def _run(self, pixel_values):
+        import torch
+
+        dtype = next(self.model.parameters()).dtype
+        with torch.no_grad():
+            pixel_values = pixel_values.to(self.device, dtype)
+            base = getattr(self.model, getattr(self.model, "base_model_prefix", ""), None)
+            if base is not None and base is not self.model:
+                out = base(pixel_values)
+                pooled = getattr(out, "pooler_output", None)
+                if pooled is None:
+                    hidden = out.last_hidden_state
+                    pooled = hidden.mean(dim=(2, 3)) if hidden.ndim == 4 else hidden.mean(dim=1)
+                features = pooled.flatten(1)
+                logits = self.model(pixel_values).logits
+            else:
+                out = self.model(pixel_values, output_hidden_states=True)
+                hidden = out.hidden_states[-1]
+                features = hidden.mean(dim=(2, 3)) if hidden.ndim == 4 else hidden.mean(dim=1)
+                logits = out.logits
+        return features.float().cpu(), logits.float().cpu()
+
+    def __call__(self, images: Any) -> np.ndarray:
+        x = self.preprocess(images)
+        return np.concatenate([self._run(b)[0].numpy() for b in _batches(x, self.batch_size)]).astype(np.float64)
+
+    def predict_proba(self, images: Any) -> np.ndarray:
+        """Class probabilities (N, num_labels), columns in `self.labels` order."""
+        import torch
+
+        x = self.preprocess(images)
+        return np.concatenate([torch.softmax(self._run(b)[1], dim=1).numpy() for b in _batches(x, self.batch_size)])
+
+    def predict(self, images: Any) -> list[str]:
+        """Predicted label names (`config.id2label`)."""
+        return [self.labels[i] for i in self.predict_proba(images).argmax(axis=1)]
+
+
+def _torch_hub_checkpoints() -> list[str]:
+    import torch
+
+    return [os.path.join(torch.hub.get_dir(), "checkpoints")]
+
+
+def find_inception_weights(path: str | os.PathLike | None = None) -> str | None:
+    """A torchvision Inception-v3 state dict already on disk (`path`, $CXR_INCEPTION_WEIGHTS, or the torch hub cache)."""
+    candidates = [path, os.environ.get("CXR_INCEPTION_WEIGHTS")]
+    for folder in _torch_hub_checkpoints():
+        candidates += sorted(glob.glob(os.path.join(folder, "inception_v3_google-*.pth")))
+    for candidate in candidates:
+        if candidate and os.path.isfile(candidate):
+            return str(candidate)
+    return None
+
+
+class InceptionFeatureExtractor:
+    """torchvision Inception-v3 pool3 features (2048-D), the features of FID, from weights already on disk.
+
+    Never downloads: raises `ModelLoadingError` when no weights file is found (see `find_inception_weights`). Note
+    that torchvision's ImageNet weights are not the TF-FID weights, so values are "FID-like", not comparable to
+    published FIDs.
+    """
+
+    name = "inception"
+
+    def __init__(self, weights_path: str | os.PathLike | None = None, batch_size: int = 32, device=None):
+        import torch
+        import torchvision
+
+        found = find_inception_weights(weights_path)
+        if found is None:
+            raise ModelLoadingError(
+                "Inception-v3 weights are not on disk (give a path or set CXR_INCEPTION_WEIGHTS); they are never downloaded."
+            )
+        model = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)
+        model.load_state_dict(torch.load(found, map_location="cpu", weights_only=True))
+        model.fc = torch.nn.Identity()
+        self.device = device or _default_device()
+        self.model = model.eval().to(self.device)
+        self.batch_size = batch_size
+        self.mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        self.std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+    def __call__(self, images: Any) -> np.ndarray:
+        import torch
+
+        x = images_to_tensor(images, 299).expand(-1, 3, -1, -1)
+        x = (x - self.mean) / self.std
+        with torch.no_grad():
+            return np.concatenate(
+                [self.model(b.to(self.device)).float().cpu().numpy() for b in _batches(x, self.batch_size)]
+            ).astype(np.float64)
+
+
+XRV_WEIGHTS = "densenet121-res224-all"
+
+
+def find_xrv_weights(weights: str = XRV_WEIGHTS) -> str | None:
+    """The torchxrayvision weights file, if the package is installed and the file is already in its cache."""
+    if importlib.util.find_spec("torchxrayvision") is None:
+        return None
+    folder = os.path.join(os.path.expanduser("~"), ".torchxrayvision", "models_data")
+    hits = sorted(glob.glob(os.path.join(folder, f"*{weights}*")))
+    return hits[0] if hits else None
+
+
+class XRVFeatureExtractor:
+    """torchxrayvision DenseNet-121 (`densenet121-res224-all`) pooled features (1024-D), only from cached weights."""
+
+    name = "xrv"
+
+    def __init__(self, weights: str = XRV_WEIGHTS, batch_size: int = 32, device=None):
+        if find_xrv_weights(weights) is None:
+            raise ModelLoadingError(
+                f"torchxrayvision or its {weights} weights are not on disk; they are never downloaded."
+            )
+        import torchxrayvision as xrv
+
+        self.device = device or _default_device()
+        self.model = xrv.models.DenseNet(weights=weights).eval().to(self.device)
+        self.batch_size = batch_size
+
+    def __call__(self, images: Any) -> np.ndarray:
+        import torch
+
+        x = images_to_tensor(images, 224) * 2048.0 - 1024.0  # torchxrayvision's [-1024, 1024] range
+        with torch.no_grad():
+            return np.concatenate(
+                [self.model.features2(b.to(self.device)).float().cpu().numpy() for b in _batches(x, self.batch_size)]
+            ).astype(np.float64)
+
+
+def available_extractors(classifier_path: str | os.PathLike | None = None) -> dict[str, bool]:
+    """Which extractors can be built here without any download."""
+    return {
+        "vae": True,
+        "classifier": bool(classifier_path) and (Path(classifier_path) / "config.json").is_file(),
+        "inception": importlib.util.find_spec("torchvision") is not None and find_inception_weights() is not None,
+        "xrv": find_xrv_weights() is not None,
+    }
+
+
+# ------------------------------------------------------------------------------------------------------ metrics
+def _features(x: Any, name: str) -> np.ndarray:
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] < 1:
+        raise CXRInputError(f"{name} must be a 2-D array of features (N, D), got shape {a.shape}.")
+    if not np.isfinite(a).all():
+        raise CXRInputError(f"{name} contains NaN or infinite values.")
+    return a
+
+
+def _pair_features(a: Any, b: Any, min_rows: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    a, b = _features(a, "real features"), _features(b, "generated features")
+    if a.shape[1] != b.shape[1]:
+        raise CXRInputError(f"The feature sets have different widths: {a.shape[1]} and {b.shape[1]}.")
+    if min(len(a), len(b)) < min_rows:
+        raise CXRInputError(f"Each feature set needs at least {min_rows} rows, got {len(a)} and {len(b)}.")
+    return a, b
+
+
+def feature_statistics(features: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (D,) and covariance (D, D) in float64 (`np.cov` with N - 1)."""
+    f = _features(features, "features")
+    if len(f) < 2:
+        raise CXRInputError("At least 2 feature rows are needed for a covariance.")
+    return f.mean(axis=0), np.atleast_2d(np.cov(f, rowvar=False))
+
+
+def frechet_distance_from_statistics(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), computed in float64 with `scipy.linalg.sqrtm`.
+
+    When the product is singular (sqrtm returns non-finite values) `eps` is added to both diagonals; a small imaginary
+    part from rounding is dropped (a large one, relative to the trace, raises).
+    """
+    from scipy import linalg
+
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
+        raise CXRInputError(
+            f"Fréchet distance: inconsistent shapes mu {mu1.shape}/{mu2.shape}, sigma {s1.shape}/{s2.shape}."
+        )
+    diff = mu1 - mu2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a singular product is handled below
+        covmean = linalg.sqrtm(s1 @ s2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(s1.shape[0]) * eps
+        covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    if np.iscomplexobj(covmean):
+        scale = max(1.0, abs(np.trace(s1)) + abs(np.trace(s2)))
+        if np.abs(covmean.imag).max() > 1e-3 * scale:
+            raise ArithmeticError(
+                f"Fréchet distance: sqrtm has a large imaginary part ({np.abs(covmean.imag).max():.3g})."
+            )
+        covmean = covmean.real
+    value = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+    return max(value, 0.0)
+
+
+def frechet_distance(real: Any, generated: Any) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (FID when the features are Inception's)."""
+    a, b = _pair_features(real, generated, min_rows=2)
+    return frechet_distance_from_statistics(*feature_statistics(a), *feature_statistics(b))
+
+
+def _mmd2_unbiased(x: np.ndarray, y: np.ndarray, degree: int, gamma: float, coef0: float) -> float:
+    kxx = (x @ x.T * gamma + coef0) ** degree
+    kyy = (y @ y.T * gamma + coef0) ** degree
+    kxy = (x @ y.T * gamma + coef0) ** degree
+    m, n = len(x), len(y)
+    return float(
+        (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+        + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+        - 2.0 * kxy.mean()
+    )
+
+
+def kernel_distance(
+    real: Any,
+    generated: Any,
+    num_subsets: int = 100,
+    subset_size: int = 1000,
+    degree: int = 3,
+    gamma: float | None = None,
+    coef0: float = 1.0,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """KID: unbiased MMD^2 with the kernel k(x, y) = (gamma x.y + coef0)^degree (gamma = 1/D by default), averaged over
+    `num_subsets` random subsets of `min(subset_size, N_real, N_generated)` rows from each set. Returns (mean, std)."""
+    a, b = _pair_features(real, generated, min_rows=2)
+    gamma = 1.0 / a.shape[1] if gamma is None else float(gamma)
+    m = int(min(subset_size, len(a), len(b)))
+    rng = np.random.default_rng(seed)
+    values = [
+        _mmd2_unbiased(a[rng.choice(len(a), m, replace=False)], b[rng.choice(len(b), m, replace=False)], degree, gamma, coef0)
+        for _ in range(int(num_subsets))
+    ]
+    return float(np.mean(values)), float(np.std(values))
+
+
+def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    from sklearn.metrics import pairwise_distances
+
+    return pairwise_distances(a, b, metric="euclidean")
+
+
+def _kth_neighbour_radius(x: np.ndarray, k: int) -> np.ndarray:
+    """Distance of each row to its k-th nearest other row."""
+    if len(x) <= k:
+        raise CXRInputError(f"k-NN metrics need more than k={k} samples per set, got {len(x)}.")
+    d = _distances(x, x)
+    return np.partition(d, k, axis=1)[:, k]  # column 0 of the sorted row is the point itself
+
+
+def precision_recall(real: Any, generated: Any, k: int = 3) -> dict[str, float]:
+    """Improved precision and recall (Kynkaenniemi et al. 2019): the share of generated samples inside the union of
+    the real samples' k-NN balls (precision), and of real samples inside the generated samples' balls (recall)."""
+    return {key: v for key, v in prdc(real, generated, k=k).items() if key in ("precision", "recall")}
+
+
+def density_coverage(real: Any, generated: Any, k: int = 5) -> dict[str, float]:
+    """Density and coverage (Naeem et al. 2020) with k-NN balls around the real samples."""
+    return {key: v for key, v in prdc(real, generated, k=k).items() if key in ("density", "coverage")}
+
+
+def prdc(real: Any, generated: Any, k: int = 5) -> dict[str, float]:
+    """Precision, recall, density and coverage with `k` nearest neighbours (Euclidean distances on the features)."""
+    a, b = _pair_features(real, generated)
+    real_radius = _kth_neighbour_radius(a, k)
+    fake_radius = _kth_neighbour_radius(b, k)
+    d = _distances(a, b)  # (real, generated)
+    inside = d <= real_radius[:, None]
+    return {
+        "precision": float(inside.any(axis=0).mean()),
+        "recall": float((d <= fake_radius[None, :]).any(axis=1).mean()),
+        "density": float(inside.sum(axis=0).mean() / k),
+        "coverage": float((d.min(axis=1) <= real_radius).mean()),
+    }
+
+
+def distribution_metrics(
+    real: Any,
+    generated: Any,
+    k: int = 5,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """FD, KID (mean and std), precision, recall, density and coverage of two feature sets (N, D)."""
+    a, b = _pair_features(real, generated, min_rows=2)
+    out: dict[str, float] = {"n_real": len(a), "n_generated": len(b), "feature_dim": int(a.shape[1])}
+    out["fd"] = frechet_distance(a, b)
+    out["kid"], out["kid_std"] = kernel_distance(a, b, num_subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
+    k_eff = min(k, len(a) - 1, len(b) - 1)
+    if k_eff >= 1:
+        out.update(prdc(a, b, k=k_eff))
+        out["k"] = int(k_eff)
+    return out

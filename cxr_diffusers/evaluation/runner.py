@@ -1,0 +1,438 @@
+"""End-to-end evaluation of a pipeline against real images (what `cxr-diffusers evaluate` runs).
+
+    pipe = CXRPipeline.from_pretrained("pretrained/cxr-ldm-small")
+    real = load_reference("/path/to/kermany", "test", max_images=500)
+    train = load_reference("/path/to/kermany", "train", max_images=1000)
+    metrics = run_evaluation(pipe, real.images, "outputs/evaluation", EvaluationConfig(num_images_per_prompt=50),
+                             train_images=train.images, classifier="pretrained/cxr-pneumonia-classifier")
+
+Writes metrics.json, intensity_histograms.png, metric_bars.png, real_vs_generated.png, nearest_neighbours.png and
+generated/*.png to the output folder.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CXRInputError, DataError
+from .conditioning import (
+    DEFAULT_PROMPTS,
+    check_classifier_labels,
+    conditioning_agreement,
+    expected_class,
+    label_from_labels,
+)
+from .distribution import (
+    ClassifierFeatureExtractor,
+    InceptionFeatureExtractor,
+    VAEFeatureExtractor,
+    XRVFeatureExtractor,
+    available_extractors,
+    distribution_metrics,
+    images_to_tensor,
+)
+from .image_quality import image_statistics, ms_ssim, pairwise_ms_ssim, psnr, ssim
+from .memorization import DEFAULT_COSINE_THRESHOLD, DEFAULT_SSIM_THRESHOLD, memorization_audit, save_nearest_grid
+from .report import plot_intensity_histograms, plot_metric_bars, save_real_vs_generated_grid, write_metrics_json
+
+__all__ = ["EvaluationConfig", "Reference", "find_classifier", "generate_images", "load_reference", "run_evaluation"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+FEATURE_CHOICES = ("vae", "classifier", "inception", "xrv")
+
+
+@dataclass
+class EvaluationConfig:
+    """Settings of one evaluation run (all recorded in metrics.json)."""
+
+    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS.values()))
+    num_images_per_prompt: int = 50
+    seed: int = 0
+    batch_size: int = 8
+    num_inference_steps: int = 25
+    guidance_scale: float = 4.0
+    scheduler: str | None = None
+    size: int | None = None
+    features: Sequence[str] = ("vae", "classifier")
+    real_vs_real: bool = False
+    memorization_size: int = 64
+    ssim_threshold: float = DEFAULT_SSIM_THRESHOLD
+    cosine_threshold: float = DEFAULT_COSINE_THRESHOLD
+    k: int = 5
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    ms_ssim_pairs: int = 200
+    reconstruction_images: int = 16
+    grid_images: int = 8
+    save_images: bool = True
+    progress: bool = True
+
+
+@dataclass
+class Reference:
+    """Real images of one split, with their class (NORMAL / PNEUMONIA, or None when unknown)."""
+
+    images: list
+    classes: list[str | None]
+    source: str
+
+
+# ------------------------------------------------------------------------------------------------------ data
+def _subsample(n: int, max_images: int | None, seed: int) -> list[int]:
+    if max_images is None or n <= max_images:
+        return list(range(n))
+    return sorted(np.random.default_rng(seed).choice(n, size=int(max_images), replace=False).tolist())
+
+
+def _is_kermany(root: Path) -> bool:
+    from ..data.pneumonia import find_kermany_root
+
+    try:
+        find_kermany_root(root)
+    except (DataError, OSError):
+        return False
+    return True
+
+
+def load_reference(path: str | os.PathLike, split: str = "test", max_images: int | None = None, seed: int = 0) -> Reference:
+    """Real images from a dataset saved by `cxr-diffusers data build`, a Kermany folder, or a folder of images.
+
+    For a folder of images `split` is ignored and the class comes from the parent folder name (the word "pneumonia":
+    PNEUMONIA; "normal" or "healthy": NORMAL; otherwise unknown). `max_images` keeps a random subset (seeded).
+    """
+    from PIL import Image
+
+    root = Path(path)
+    if not root.exists():
+        raise DataError(f"The reference data {root} does not exist.")
+    dsd = None
+    if (root / "dataset_dict.json").is_file() or (root / "state.json").is_file():
+        from ..data import load_saved
+
+        dsd = load_saved(root)
+    elif _is_kermany(root):
+        from ..data import load_pneumonia
+
+        dsd = load_pneumonia(root, check_images="exists")
+    if dsd is not None:
+        if split not in dsd:
+            raise DataError(f"The dataset {root} has no {split!r} split (it has {', '.join(dsd)}).")
+        ds = dsd[split]
+        rows = ds.select(_subsample(len(ds), max_images, seed))
+        labels = rows["labels"] if "labels" in rows.column_names else [None] * len(rows)
+        images = [image.convert("L") for image in rows["image"]]
+        return Reference(images, [label_from_labels(x) for x in labels], f"{root}:{split}")
+    files = sorted(f for f in glob.glob(str(root / "**" / "*"), recursive=True) if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not files:
+        raise DataError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) were found under {root}.")
+    files = [files[i] for i in _subsample(len(files), max_images, seed)]
+
+    def folder_class(file: str) -> str | None:
+        words = set(re.split(r"[^a-z]+", Path(file).parent.name.lower()))
+        return "PNEUMONIA" if "pneumonia" in words else "NORMAL" if words & {"normal", "healthy"} else None
+
+    images = []
+    for file in files:
+        with Image.open(file) as image:
+            images.append(image.convert("L"))
+    return Reference(images, [folder_class(f) for f in files], str(root))
+
+
+def find_classifier(search_dirs: Sequence[str | os.PathLike] = ("pretrained",)) -> str | None:
+    """The first image-classification model folder (a `config.json` with an `id2label`) named `*classif*` under
+    `search_dirs`, or None."""
+    for folder in search_dirs:
+        for candidate in sorted(glob.glob(os.path.join(str(folder), "*classif*", "config.json"))):
+            try:
+                config = json.loads(Path(candidate).read_text())
+            except (OSError, ValueError):
+                continue
+            if "id2label" in config:
+                return str(Path(candidate).parent)
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ generation
+def generate_images(
+    pipe,
+    prompts: Sequence[str],
+    num_images_per_prompt: int,
+    seed: int = 0,
+    batch_size: int = 8,
+    num_inference_steps: int = 25,
+    guidance_scale: float = 4.0,
+    size: int | None = None,
+    progress: bool = True,
+):
+    """Images (N, 1, H, W) in [0, 1], N = len(prompts) * num_images_per_prompt, image i of prompt p seeded with
+    `seed + p * num_images_per_prompt + i` (the convention of `cxr-diffusers generate`, independent of the batch
+    size). Returns (images, prompt of each image, seed of each image, seconds per image)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    if num_images_per_prompt < 1 or batch_size < 1:
+        raise CXRInputError("num_images_per_prompt and batch_size must be at least 1.")
+    pipe.set_progress_bar_config(disable=True)
+    out, image_prompts, seeds = [], [], []
+    total = len(prompts) * num_images_per_prompt
+    start = time.perf_counter()
+    with tqdm(total=total, desc="generating", disable=not progress, unit="img") as bar:
+        for p, prompt in enumerate(prompts):
+            for first in range(0, num_images_per_prompt, batch_size):
+                chunk = [seed + p * num_images_per_prompt + i for i in range(first, min(first + batch_size, num_images_per_prompt))]
+                images = pipe(
+                    prompt,
+                    height=size,
+                    width=size,
+                    num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale,
+                    num_images_per_prompt=len(chunk),
+                    generator=[torch.Generator().manual_seed(s) for s in chunk],
+                    output_type="pt",
+                ).images
+                out.append(images.float().cpu())
+                image_prompts += [prompt] * len(chunk)
+                seeds += chunk
+                bar.update(len(chunk))
+    seconds = (time.perf_counter() - start) / total
+    return torch.cat(out), image_prompts, seeds, seconds
+
+
+# ------------------------------------------------------------------------------------------------- metrics
+def _stats_summary(images) -> dict[str, dict[str, float]]:
+    rows = [image_statistics(a[0].numpy().astype(np.float64)) for a in images]
+    return {key: {"mean": float(np.mean([r[key] for r in rows])), "std": float(np.std([r[key] for r in rows]))}
+            for key in rows[0]}
+
+
+def _reconstruction(vae, images, n: int) -> dict[str, float]:
+    import torch
+
+    x = images[:n]
+    with torch.no_grad():
+        dtype = next(vae.parameters()).dtype
+        posterior = vae.encode((x * 2 - 1).to(vae.device, dtype)).latent_dist
+        recon = (vae.decode(posterior.mode()).sample.float().cpu() / 2 + 0.5).clamp(0, 1)
+    pairs = [(a[0].numpy().astype(np.float64), b[0].numpy().astype(np.float64)) for a, b in zip(x, recon)]
+    out = {"n": len(pairs), "psnr": float(np.mean([psnr(a, b) for a, b in pairs])),
+           "ssim": float(np.mean([ssim(a, b) for a, b in pairs]))}
+    try:
+        out["ms_ssim"] = float(np.mean([ms_ssim(a, b) for a, b in pairs]))
+    except CXRInputError:
+        pass
+    return out
+
+
+def _diversity(images, pairs: int, seed: int) -> dict[str, float] | None:
+    if len(images) < 2:
+        return None
+    try:
+        return pairwise_ms_ssim([a[0].numpy() for a in images], num_pairs=pairs, seed=seed)
+    except CXRInputError:
+        return None
+
+
+def _class_name(prompt: str, config_prompts: Sequence[str]) -> str:
+    for name, text in DEFAULT_PROMPTS.items():
+        if text == prompt:
+            return name.lower()
+    return f"prompt {list(config_prompts).index(prompt)}"
+
+
+def _build_extractors(names, pipe, classifier, size, notes):
+    extractors = {}
+    for name in names:
+        try:
+            if name == "vae":
+                extractors["vae"] = VAEFeatureExtractor(pipe.vae, image_size=size)
+            elif name == "classifier":
+                if classifier is None:
+                    notes.append("classifier features skipped: no classifier given or found")
+                    continue
+                extractors["classifier"] = classifier
+            elif name == "inception":
+                extractors["inception"] = InceptionFeatureExtractor()
+            elif name == "xrv":
+                extractors["xrv"] = XRVFeatureExtractor()
+            else:
+                raise CXRInputError(f"Unknown feature extractor {name!r}; choose from {', '.join(FEATURE_CHOICES)}.")
+        except CXRInputError as err:
+            if name not in ("inception", "xrv"):
+                raise
+            notes.append(f"{name} features skipped: {err}")
+    return extractors
+
+
+def run_evaluation(
+    pipe,
+    real_images: Any,
+    output_dir: str | os.PathLike,
+    config: EvaluationConfig | None = None,
+    *,
+    train_images: Any = None,
+    real_classes: Sequence[str | None] | None = None,
+    classifier: str | os.PathLike | ClassifierFeatureExtractor | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Generate, measure everything against `real_images`, and write metrics.json and the plots to `output_dir`.
+
+    Args:
+        pipe: a `CXRPipeline`.
+        real_images: the real reference split (PIL images, arrays, or a tensor), e.g. the test split.
+        config: an `EvaluationConfig`.
+        train_images: training images for the memorisation audit and the `real_vs_real` baseline (train vs test).
+        real_classes: NORMAL / PNEUMONIA per real image, to report the classifier's accuracy on real images.
+        classifier: a `transformers` image-classification folder (or a `ClassifierFeatureExtractor`) for classifier
+            features and the conditioning check.
+        extra: more entries for metrics.json (e.g. the model and data paths).
+    """
+    config = config or EvaluationConfig()
+    out_dir = Path(output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    size = config.size or pipe.default_size
+    if config.scheduler:
+        from ..schedulers import scheduler_from_name
+
+        pipe.scheduler = scheduler_from_name(config.scheduler, pipe.scheduler.config)
+    if isinstance(classifier, (str, os.PathLike)):
+        classifier = ClassifierFeatureExtractor.from_pretrained(classifier)
+
+    # 1. generate
+    generated, image_prompts, seeds, seconds = generate_images(
+        pipe, config.prompts, config.num_images_per_prompt, config.seed, config.batch_size,
+        config.num_inference_steps, config.guidance_scale, size, config.progress,
+    )
+    if config.save_images:
+        from PIL import Image
+
+        gen_dir = out_dir / "generated"
+        gen_dir.mkdir(exist_ok=True)
+        for i, (image, prompt, seed) in enumerate(zip(generated, image_prompts, seeds)):
+            name = _class_name(prompt, config.prompts).replace(" ", "")
+            Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8), mode="L").save(
+                gen_dir / f"{i:04d}_{name}_seed{seed}.png")
+    real = images_to_tensor(real_images, size)
+    train = images_to_tensor(train_images, size) if train_images is not None and len(train_images) else None
+    by_prompt = {p: generated[[i for i, q in enumerate(image_prompts) if q == p]] for p in config.prompts}
+
+    metrics: dict[str, Any] = {
+        "synthetic_images_not_for_clinical_use": True,
+        "config": {**asdict(config), "size": size, "scheduler": type(pipe.scheduler).__name__},
+        **(extra or {}),
+        "counts": {"generated": len(generated), "real": len(real), "train": 0 if train is None else len(train)},
+        "generation": {"seconds_per_image": seconds, "batch_size": config.batch_size, "device": str(pipe.device)},
+        "available_extractors": available_extractors(),
+    }
+
+    # 2. per-image statistics and diversity
+    metrics["per_image"] = {"real": _stats_summary(real), "generated": _stats_summary(generated)}
+    for p, images in by_prompt.items():
+        metrics["per_image"][f"generated: {_class_name(p, config.prompts)}"] = _stats_summary(images)
+    metrics["diversity_ms_ssim"] = {
+        "real": _diversity(real, config.ms_ssim_pairs, config.seed),
+        "generated": _diversity(generated, config.ms_ssim_pairs, config.seed),
+        **{f"generated: {_class_name(p, config.prompts)}": _diversity(images, config.ms_ssim_pairs, config.seed)
+           for p, images in by_prompt.items()},
+    }
+    if config.reconstruction_images:
+        metrics["vae_reconstruction_real"] = _reconstruction(pipe.vae, real, config.reconstruction_images)
+
+    # 3. distribution metrics, per feature extractor
+    extractors = _build_extractors(config.features, pipe, classifier, size, notes)
+    features: dict[str, dict[str, np.ndarray]] = {}
+    for name, extractor in extractors.items():
+        features[name] = {"generated": extractor(generated), "real": extractor(real)}
+        if train is not None:
+            features[name]["train"] = extractor(train)
+    kw = {"k": config.k, "kid_subsets": config.kid_subsets, "kid_subset_size": config.kid_subset_size,
+          "seed": config.seed}
+    metrics["distribution"] = {}
+    for name, f in features.items():
+        entry = {"generated_vs_real": distribution_metrics(f["real"], f["generated"], **kw)}
+        for p in config.prompts:
+            rows = [i for i, q in enumerate(image_prompts) if q == p]
+            if len(rows) >= 3:
+                entry[f"generated_vs_real: {_class_name(p, config.prompts)}"] = distribution_metrics(
+                    f["real"], f["generated"][rows], **kw)
+        if config.real_vs_real:
+            if "train" in f:
+                n = min(len(f["train"]), len(generated))
+                entry["real_vs_real"] = distribution_metrics(f["real"], f["train"][:n], **kw)
+                entry["real_vs_real"]["note"] = f"{n} training images vs the real reference (noise floor)"
+            else:
+                notes.append("real_vs_real skipped: no training images")
+        metrics["distribution"][name] = entry
+
+    # 4. memorisation
+    if train is not None:
+        cos_name = "classifier" if "classifier" in features else next(iter(features), None)
+        audit_kw = {"size": config.memorization_size, "ssim_threshold": config.ssim_threshold,
+                    "cosine_threshold": config.cosine_threshold}
+        if cos_name:
+            report = memorization_audit(generated, train, generated_features=features[cos_name]["generated"],
+                                        training_features=features[cos_name]["train"], **audit_kw)
+            report.feature_name = cos_name
+        else:
+            report = memorization_audit(generated, train, **audit_kw)
+        metrics["memorization"] = {"generated_vs_train": report.summary()}
+        save_nearest_grid(report, generated, train, out_dir / "nearest_neighbours.png", k=config.grid_images)
+        if config.real_vs_real:
+            n = min(len(real), len(generated))
+            if cos_name:
+                base = memorization_audit(real[:n], train, generated_features=features[cos_name]["real"][:n],
+                                          training_features=features[cos_name]["train"], **audit_kw)
+                base.feature_name = cos_name
+            else:
+                base = memorization_audit(real[:n], train, **audit_kw)
+            metrics["memorization"]["real_vs_train"] = base.summary()
+    else:
+        notes.append("memorisation audit skipped: no training images")
+
+    # 5. conditioning
+    if classifier is not None:
+        check_classifier_labels(classifier.labels)
+        predicted = classifier.predict(generated)
+        metrics["conditioning"] = conditioning_agreement(
+            [expected_class(p) for p in image_prompts], predicted, prompts=image_prompts)
+        if real_classes is not None and any(c is not None for c in real_classes):
+            known = [i for i, c in enumerate(real_classes) if c is not None]
+            real_pred = classifier.predict(real[known])
+            metrics["conditioning"]["classifier_accuracy_on_real"] = conditioning_agreement(
+                [real_classes[i] for i in known], real_pred)["agreement"]
+    else:
+        notes.append("conditioning check skipped: no classifier given or found")
+
+    # 6. plots
+    hist_sets = {"real": real, **{f"gen: {_class_name(p, config.prompts)}": imgs for p, imgs in by_prompt.items()}}
+    plot_intensity_histograms(hist_sets, out_dir / "intensity_histograms.png")
+    bars: dict[str, dict[str, Any]] = {}
+    for name, entry in metrics["distribution"].items():
+        for key in ("generated_vs_real", "real_vs_real"):
+            if key in entry:
+                e = entry[key]
+                group = bars.setdefault(key.replace("_", " "), {})
+                group[f"FD [{name}]"] = e["fd"]
+                group[f"KID [{name}]"] = (e["kid"], e["kid_std"])
+                for m in ("precision", "recall", "density", "coverage"):
+                    if m in e:
+                        group[f"{m} [{name}]"] = e[m]
+    if "conditioning" in metrics:
+        bars.setdefault("generated vs real", {})["prompt agreement [classifier]"] = metrics["conditioning"]["agreement"]
+    plot_metric_bars(bars, out_dir / "metric_bars.png", title="Distribution metrics (lower FD/KID, higher P/R/D/C is better)")
+    save_real_vs_generated_grid(real, {_class_name(p, config.prompts): imgs for p, imgs in by_prompt.items()},
+                                out_dir / "real_vs_generated.png", n=config.grid_images)
+    metrics["notes"] = notes
+    metrics["files"] = sorted(str(p.relative_to(out_dir)) for p in out_dir.glob("*.png")) + ["metrics.json"]
+    write_metrics_json(metrics, out_dir / "metrics.json")
+    return metrics

@@ -1,0 +1,110 @@
+"""End to end: `cxr-diffusers evaluate` and train_scripts/evaluate_generation.py on a tiny random pipeline, a tiny
+random classifier and the real fixture X-rays."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import FIXTURES_DIR, REPO_ROOT
+from PIL import Image
+
+from cxr_diffusers.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from cxr_diffusers import CXRPipeline, create_components
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-pipeline")
+    CXRPipeline(**create_components("tiny")).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory):
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    config = ResNetConfig(num_channels=1, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=2,
+                          id2label={0: "NORMAL", 1: "PNEUMONIA"}, label2id={"NORMAL": 0, "PNEUMONIA": 1})
+    path = tmp_path_factory.mktemp("tiny-classifier")
+    ResNetForImageClassification(config).save_pretrained(path)
+    (path / "preprocessor_config.json").write_text(json.dumps(
+        {"size": {"height": 64, "width": 64}, "image_mean": [0.5], "image_std": [0.5], "do_normalize": True}))
+    return str(path)
+
+
+def test_evaluate_end_to_end(tiny_model, tiny_classifier, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = main([
+        "evaluate", tiny_model, "--real", str(FIXTURES_DIR), "--train-data", str(FIXTURES_DIR),
+        "--num-images", "3", "--batch-size", "2", "--steps", "2", "--classifier", tiny_classifier,
+        "--real-vs-real", "--kid-subsets", "5", "--output-dir", str(out), "--no-progress",
+    ])
+    assert code == 0
+    assert "Wrote metrics.json" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    for name in ("intensity_histograms.png", "metric_bars.png", "real_vs_generated.png", "nearest_neighbours.png"):
+        assert (out / name).stat().st_size > 1000, name
+    assert len(list((out / "generated").glob("*.png"))) == 6
+    assert metrics["counts"] == {"generated": 6, "real": 9, "train": 9}
+    assert metrics["config"]["size"] == 64 and metrics["synthetic_images_not_for_clinical_use"] is True
+    for extractor in ("vae", "classifier"):
+        entry = metrics["distribution"][extractor]
+        for key in ("generated_vs_real", "real_vs_real", "generated_vs_real: normal", "generated_vs_real: pneumonia"):
+            assert {"fd", "kid", "kid_std", "precision", "recall"} <= set(entry[key]), (extractor, key)
+        assert entry["generated_vs_real"]["fd"] >= 0
+    assert {"sharpness", "entropy", "mean_intensity", "std_intensity", "contrast_ratio"} <= set(
+        metrics["per_image"]["generated"])
+    assert metrics["diversity_ms_ssim"]["generated"]["pairs"] == 15
+    assert set(metrics["vae_reconstruction_real"]) >= {"psnr", "ssim", "ms_ssim"}
+    conditioning = metrics["conditioning"]
+    assert conditioning["n"] == 6 and 0.0 <= conditioning["agreement"] <= 1.0
+    assert 0.0 <= conditioning["classifier_accuracy_on_real"] <= 1.0
+    memo = metrics["memorization"]
+    assert memo["generated_vs_train"]["n"] == 6 and memo["generated_vs_train"]["feature_cosine"]["features"] == "classifier"
+    # real-vs-train with the training set equal to the reference: every image is its own nearest neighbour
+    assert memo["real_vs_train"]["pixel_ssim"]["fraction_above_threshold"] == 1.0
+
+
+def test_evaluate_is_deterministic_and_needs_no_classifier(tiny_model, tmp_path):
+    args = ["evaluate", tiny_model, "--real", str(FIXTURES_DIR / "kermany"), "--no-train", "--features", "vae",
+            "--num-images", "2", "--steps", "2", "--kid-subsets", "2", "--no-progress"]
+    assert main(args + ["--output-dir", str(tmp_path / "a"), "--batch-size", "1"]) == 0
+    assert main(args + ["--output-dir", str(tmp_path / "b"), "--batch-size", "2"]) == 0
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    files_a, files_b = sorted((tmp_path / "a" / "generated").glob("*.png")), sorted((tmp_path / "b" / "generated").glob("*.png"))
+    assert [f.name for f in files_a] == [f.name for f in files_b] and len(files_a) == 4
+    for fa, fb in zip(files_a, files_b):  # the same seeds give the same images whatever the batch size
+        diff = np.abs(np.asarray(Image.open(fa), np.int16) - np.asarray(Image.open(fb), np.int16))
+        assert diff.max() <= 1, fa.name
+    assert "conditioning" not in a and any("conditioning check skipped" in n for n in a["notes"])
+    assert "memorization" not in a
+
+
+def test_evaluate_bad_input(tiny_model, tmp_path, capsys):
+    assert main(["evaluate", tiny_model, "--real", str(tmp_path / "missing"), "-o", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["evaluate", tiny_model, "--real", str(FIXTURES_DIR), "--num-images", "0"]) == 2
+    assert "--num-images must be at least 1" in capsys.readouterr().err
+    assert main(["evaluate", tiny_model, "--real", str(FIXTURES_DIR), "--features", "clip"]) == 2
+    assert "Unknown --features" in capsys.readouterr().err
+
+
+def test_evaluate_generation_script(tiny_model, tmp_path):
+    spec = importlib.util.spec_from_file_location("evaluate_generation", REPO_ROOT / "train_scripts" / "evaluate_generation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    code = module.main([
+        "--pretrained_model_name_or_path", tiny_model, "--real", str(FIXTURES_DIR / "nih"), "--no-train",
+        "--features", "vae", "--validation_prompts", "Chest radiograph. Findings: pneumonia.",
+        "--num-images", "2", "--steps", "2", "--kid-subsets", "2", "--resolution", "64",
+        "--output_dir", str(tmp_path / "script"), "--no-progress",
+    ])
+    assert code == 0
+    metrics = json.loads((tmp_path / "script" / "metrics.json").read_text())
+    assert metrics["config"]["prompts"] == ["Chest radiograph. Findings: pneumonia."]
+    assert metrics["counts"]["generated"] == 2
