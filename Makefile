@@ -4,8 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROMPT ?= PA chest radiograph of an adult. No acute cardiopulmonary abnormality.
+APP_ARGS ?=
 
-.PHONY: install test demo bench clean-venv
+.PHONY: install test demo bench app clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,15 +20,23 @@ $(STAMP): setup.cfg pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# The browser test drives Debian's chromium with the playwright pip package (never `playwright install`); it is
+# skipped where chromium cannot be installed.
 test: install
+	command -v chromium >/dev/null || (command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq chromium) || true
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -q tests
 
 demo: install
 	HF_HUB_OFFLINE=1 $(PY) -m cxr_diffusers.cli generate pretrained/cxr-ldm-small \
 		--prompt "$(PROMPT)" --num-images 4 --steps 25 --seed 0 --output-dir outputs/demo --grid
 
+# The Gradio app on http://127.0.0.1:7860 (APP_ARGS="--port 8000 --model PATH ..." to change; see docs/app.md).
+app: install
+	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PY) spaces_app/app.py $(APP_ARGS)
+
 bench: install
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_pipeline.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_sampling.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_training.py
 
 clean-venv:
 	rm -rf $(VENV)
