@@ -241,7 +241,8 @@ def save_loss_plot(history: dict[str, list[tuple[int, float]]], path: str | os.P
     ax.set_yscale("log")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

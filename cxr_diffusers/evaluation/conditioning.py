@@ -1,7 +1,7 @@
 """Conditioning check: does a classifier agree with the prompt an image was generated from?
 
     prompts = DEFAULT_PROMPTS                               # {"NORMAL": "...", "PNEUMONIA": "..."}
-    classifier = ClassifierFeatureExtractor.from_pretrained("pretrained/cxr-pneumonia-classifier")
+    classifier = ClassifierFeatureExtractor.from_pretrained("pretrained/pneumonia-classifier")
     result = conditioning_agreement(expected=[expected_class(p) for p in image_prompts],
                                     predicted=classifier.predict(images))
 

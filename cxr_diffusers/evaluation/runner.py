@@ -4,7 +4,7 @@
     real = load_reference("/path/to/kermany", "test", max_images=500)
     train = load_reference("/path/to/kermany", "train", max_images=1000)
     metrics = run_evaluation(pipe, real.images, "outputs/evaluation", EvaluationConfig(num_images_per_prompt=50),
-                             train_images=train.images, classifier="pretrained/cxr-pneumonia-classifier")
+                             train_images=train.images, classifier="pretrained/pneumonia-classifier")
 
 Writes metrics.json, intensity_histograms.png, metric_bars.png, real_vs_generated.png, nearest_neighbours.png and
 generated/*.png to the output folder.
