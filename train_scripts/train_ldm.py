@@ -163,6 +163,14 @@ def build_components(args):
 
 
 @torch.no_grad()
+def describe_final_loss(points) -> str:
+    """Mean of the last logged losses (single steps are too noisy to quote)."""
+    values = [value for _, value in points][-20:]
+    if not values:
+        return "no loss logged in this run"
+    return f"mean of the last {len(values)} logged losses {float(np.mean(values)):.4f}"
+
+
 def cached_latent_moments(vae, dataset, resolution, batch_size, cache_path: Path, device) -> torch.Tensor:
     """Posterior moments (mean, logvar) of every training image, computed once and kept in `cache_path`."""
     state = hashlib.sha256()
@@ -395,9 +403,14 @@ def main(argv=None):
             card_data={"license": "apache-2.0", "library_name": "diffusers", "pipeline_tag": "text-to-image",
                        "tags": ["chest-x-ray", "medical-imaging", "synthetic-data", "not-for-clinical-use"]},
             model_name=args.hub_model_id or "cxr-ldm", repo_id=args.hub_model_id or str(output_dir / "pipeline"),
-            data=str(args.train_data_dir or args.dataset_name), steps=global_step, batch=args.train_batch_size,
-            hardware=str(accelerator.device), hours=f"{(time.time() - start) / 3600:.2f} (this run)",
-            losses=f"final loss {summary['final_loss']}", metrics="see the repository's evaluation results",
+            data=f"{Path(args.train_data_dir).name if args.train_data_dir else args.dataset_name} "
+                 f"({len(dataset)} training images)",
+            steps=global_step, batch=args.train_batch_size,
+            hardware=f"{accelerator.device.type}, {accelerator.num_processes} process(es), "
+                     f"{torch.get_num_threads()} torch thread(s)",
+            hours=f"{(time.time() - start) / 3600:.2f} (this run)",
+            losses=describe_final_loss(history.history.get("loss", [])),
+            metrics="see the repository's evaluation results",
             unet_parameters=f"{sum(p.numel() for p in raw_unet.parameters()):,}",
             text_encoder=type(raw_text).__name__ + f" (BERT {raw_text.bert.config.hidden_size}x"
                                                    f"{raw_text.bert.config.num_hidden_layers})",
