@@ -112,26 +112,45 @@ def random_crop(tensor: torch.Tensor, size: int, generator: torch.Generator | No
 @torch.no_grad()
 def vae_reconstruction_metrics(vae, dataset, resolution: int, count: int, device=None):
     """
-    Mean PSNR / SSIM of posterior-mode reconstructions of the first `count` images of `dataset` at `resolution`,
-    computed on uint8 images (as a viewer sees them). Returns the metrics and up to 8 (real, reconstruction) pairs.
+    Mean PSNR / SSIM of posterior-mode reconstructions of `count` images spread evenly over `dataset` (so that every
+    source of a combined split is represented) at `resolution`, computed on uint8 images (as a viewer sees them),
+    overall and per `source` where the dataset has that column. Returns the metrics and up to 8 (real,
+    reconstruction) pairs.
     """
+    import torch
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     device = device or next(vae.parameters()).device
+    count = min(count, len(dataset))
+    indices = sorted(set(np.linspace(0, len(dataset) - 1, count).round().astype(int).tolist()))
+    sources = dataset.column_names if hasattr(dataset, "column_names") else []
     was_training = vae.training
     vae.eval()
-    psnrs, ssims, pairs = [], [], []
-    for index in range(min(count, len(dataset))):
-        x = image_to_tensor(dataset[index]["image"], resolution)[None].to(device)
-        y = vae(x).sample.clamp(-1, 1)
-        real = ((x[0, 0].cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
-        fake = ((y[0, 0].cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
-        psnrs.append(peak_signal_noise_ratio(real, fake, data_range=255))
-        ssims.append(structural_similarity(real, fake, data_range=255))
-        if len(pairs) < 8:
-            pairs.append((real, fake))
+    psnrs, ssims, pairs, per_source = [], [], [], {}
+    with torch.no_grad():
+        for index in indices:
+            row = dataset[index]
+            x = image_to_tensor(row["image"], resolution)[None].to(device)
+            y = vae(x).sample.clamp(-1, 1)
+            real = ((x[0, 0].cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
+            fake = ((y[0, 0].cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
+            psnr = peak_signal_noise_ratio(real, fake, data_range=255)
+            ssim = structural_similarity(real, fake, data_range=255)
+            psnrs.append(psnr)
+            ssims.append(ssim)
+            if "source" in sources:
+                per_source.setdefault(row["source"], []).append((psnr, ssim))
+            if len(pairs) < 8:
+                pairs.append((real, fake))
     vae.train(was_training)
-    return {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)), "num_images": len(psnrs)}, pairs
+    metrics = {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)), "num_images": len(psnrs)}
+    if per_source:
+        metrics["per_source"] = {
+            name: {"psnr": float(np.mean([p for p, _ in values])), "ssim": float(np.mean([q for _, q in values])),
+                   "num_images": len(values)}
+            for name, values in sorted(per_source.items())
+        }
+    return metrics, pairs
 
 
 # ----------------------------------------------------------------------------------------------------- checkpoints

@@ -134,3 +134,25 @@ def test_evaluate_vae_writes_metrics(tiny_vae, xray_dataset, tmp_path):
     metrics = json.loads((tmp_path / "vae_metrics.json").read_text())
     assert metrics["num_images"] == 2 and 0 < metrics["psnr"] < 100 and -1 <= metrics["ssim"] <= 1
     assert (tmp_path / "reconstructions.png").is_file()
+
+
+def test_vae_metrics_spread_over_sources_and_report_each():
+    from PIL import Image
+
+    from cxr_diffusers.configs import get_model_config
+    from cxr_diffusers.training_utils import vae_reconstruction_metrics
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)) for _ in range(6)]
+    dataset = datasets.Dataset.from_dict({"image": images, "source": ["a", "a", "a", "b", "b", "b"]},
+                                         features=datasets.Features({"image": datasets.Image(),
+                                                                     "source": datasets.Value("string")}))
+    vae = CXRAutoencoderKL(**get_model_config("tiny")["vae"]).train()
+    metrics, pairs = vae_reconstruction_metrics(vae, dataset, resolution=32, count=2)
+    # two images spread evenly: the first and the last, one from each source
+    assert metrics["num_images"] == 2 and len(pairs) == 2
+    assert {name: m["num_images"] for name, m in metrics["per_source"].items()} == {"a": 1, "b": 1}
+    assert vae.training  # the caller's mode is restored
+    # the mean is the mean of the per-image values, so the per-source means average to it here
+    per_source = [m["psnr"] for m in metrics["per_source"].values()]
+    assert metrics["psnr"] == pytest.approx(float(np.mean(per_source)))
