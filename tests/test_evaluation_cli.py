@@ -72,7 +72,7 @@ def test_evaluate_end_to_end(tiny_model, tiny_classifier, tmp_path, capsys):
 
 def test_evaluate_is_deterministic_and_needs_no_classifier(tiny_model, tmp_path):
     args = ["evaluate", tiny_model, "--real", str(FIXTURES_DIR / "kermany"), "--no-train", "--features", "vae",
-            "--num-images", "2", "--steps", "2", "--kid-subsets", "2", "--no-progress"]
+            "--num-images", "2", "--steps", "2", "--kid-subsets", "2", "--no-progress", "--classifier", "none"]
     assert main(args + ["--output-dir", str(tmp_path / "a"), "--batch-size", "1"]) == 0
     assert main(args + ["--output-dir", str(tmp_path / "b"), "--batch-size", "2"]) == 0
     a = json.loads((tmp_path / "a" / "metrics.json").read_text())
@@ -108,3 +108,14 @@ def test_evaluate_generation_script(tiny_model, tmp_path):
     metrics = json.loads((tmp_path / "script" / "metrics.json").read_text())
     assert metrics["config"]["prompts"] == ["Chest radiograph. Findings: pneumonia."]
     assert metrics["counts"]["generated"] == 2
+
+
+def test_find_classifier_needs_an_id2label(tmp_path):
+    from cxr_diffusers.evaluation.runner import find_classifier
+
+    assert find_classifier([tmp_path]) is None
+    (tmp_path / "my-classifier").mkdir()
+    (tmp_path / "my-classifier" / "config.json").write_text(json.dumps({"model_type": "resnet"}))
+    assert find_classifier([tmp_path]) is None  # no labels: not an image classifier
+    (tmp_path / "my-classifier" / "config.json").write_text(json.dumps({"id2label": {"0": "NORMAL", "1": "PNEUMONIA"}}))
+    assert find_classifier([tmp_path]) == str(tmp_path / "my-classifier")

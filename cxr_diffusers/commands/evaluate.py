@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="image i of prompt p uses seed + p * n + i (default 0)")
     parser.add_argument("--classifier", default=None,
                         help="transformers image-classification folder (NORMAL/PNEUMONIA) for features and the "
-                             "conditioning check (default: pretrained/*classif* when present)")
+                             "conditioning check (default: pretrained/*classif* when present; 'none' for no classifier)")
     parser.add_argument("--features", default="vae,classifier",
                         help="comma-separated extractors: vae, classifier, inception, xrv (the last two only with "
                              "weights already on disk)")
@@ -75,7 +75,10 @@ def evaluate_from_args(args: argparse.Namespace, model: str) -> dict:
     unknown = sorted(set(features) - set(FEATURE_CHOICES))
     if unknown:
         raise CXRInputError(f"Unknown --features {unknown}; choose from {', '.join(FEATURE_CHOICES)}.")
-    classifier = args.classifier or find_classifier()
+    if args.classifier is not None and args.classifier.lower() == "none":
+        classifier = None
+    else:
+        classifier = args.classifier or find_classifier()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     pipe = CXRPipeline.from_pretrained(model).to(device)

@@ -148,9 +148,11 @@ def load_reference(path: str | os.PathLike, split: str = "test", max_images: int
     return Reference(images, [folder_class(f) for f in files], str(root))
 
 
-def find_classifier(search_dirs: Sequence[str | os.PathLike] = ("pretrained",)) -> str | None:
+def find_classifier(search_dirs: Sequence[str | os.PathLike] | None = None) -> str | None:
     """The first image-classification model folder (a `config.json` with an `id2label`) named `*classif*` under
-    `search_dirs`, or None."""
+    `search_dirs` (default: `./pretrained`, then the repository's `pretrained/`), or None."""
+    if search_dirs is None:
+        search_dirs = ("pretrained", Path(__file__).resolve().parents[2] / "pretrained")
     for folder in search_dirs:
         for candidate in sorted(glob.glob(os.path.join(str(folder), "*classif*", "config.json"))):
             try:
