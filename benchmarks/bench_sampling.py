@@ -114,7 +114,7 @@ def build_recipes(pipe: CXRPipeline, args):
     set_attention(seed_unet, classic=True)
     set_attention(seed_vae, classic=True)
     seed_pipe = CXRPipeline(vae=seed_vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=seed_unet,
-                            scheduler=DDIMScheduler.from_config(pipe.scheduler.config))
+                            scheduler=DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False))
     set_attention(pipe.unet, classic=False)
     set_attention(pipe.vae, classic=False)
     fast_pipe = CXRPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,

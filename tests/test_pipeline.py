@@ -97,6 +97,29 @@ def test_schedulers_swap_in_via_from_config(pipe, name):
         pipe.scheduler = original
 
 
+def test_ode_solvers_agree_because_latents_are_never_clipped(pipe, saved):
+    """DDIM with many steps and DPM-Solver++ solve the same ODE from the same noise: their images must match. DDIM's
+    diffusers default clip_sample=True would clip the latents and give a different, broken image."""
+    from diffusers import DDIMScheduler
+
+    original = pipe.scheduler
+    assert original.config.clip_sample is False  # stored, so diffusers' own from_config idiom inherits it
+    assert CXRPipeline.from_pretrained(saved).scheduler.config.clip_sample is False
+    try:
+        dpm = run(pipe, num_inference_steps=50)
+        for name in ("ddim", "ddpm"):
+            assert scheduler_from_name(name, {**original.config, "clip_sample": True}).config.clip_sample is False
+        pipe.scheduler = DDIMScheduler.from_config(original.config)
+        ddim = run(pipe, num_inference_steps=100)
+        psnr = 10 * np.log10(1.0 / np.mean((dpm - ddim) ** 2))
+        assert psnr > 35, psnr
+        pipe.scheduler = DDIMScheduler.from_config(original.config, clip_sample=True)
+        with pytest.raises(CXRInputError, match="clip_sample=True"):
+            run(pipe)
+    finally:
+        pipe.scheduler = original
+
+
 def test_default_scheduler_is_dpm_solver_plus_plus(pipe):
     assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
     assert pipe.scheduler.config.algorithm_type == "dpmsolver++"

@@ -188,6 +188,12 @@ class CXRPipeline(DiffusionPipeline):
             raise CXRInputError(
                 f"callback_on_step_end_tensor_inputs may only name {self._callback_tensor_inputs}, got {sorted(unknown)}."
             )
+        if getattr(self.scheduler.config, "clip_sample", False):
+            raise CXRInputError(
+                f"{type(self.scheduler).__name__} has clip_sample=True, which clips the predicted latents to [-1, 1] and "
+                "ruins the image; use cxr_diffusers.schedulers.scheduler_from_name(name, pipe.scheduler.config) or "
+                "pass clip_sample=False to from_config."
+            )
         return list(prompts)
 
     # ------------------------------------------------------------------ text
