@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from cxr_diffusers import CXRAutoencoderKL, CXRPipeline
+from cxr_diffusers.schedulers import LATENT_SCHEDULER_DEFAULTS
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -42,6 +43,10 @@ def main(argv=None) -> int:
                          f"{pipe.vae.config.scaling_factor}: it is not the same latent space")
         pipe.vae = vae
         pipe.register_modules(vae=vae)
+    # pipelines trained before the setting existed: store clip_sample=False so DDIMScheduler.from_config inherits it
+    scheduler = type(pipe.scheduler).from_config({**pipe.scheduler.config, **LATENT_SCHEDULER_DEFAULTS})
+    pipe.scheduler = scheduler
+    pipe.register_modules(scheduler=scheduler)
     out = Path(args.output_dir)
     if out.exists():
         shutil.rmtree(out)

@@ -1,0 +1,59 @@
+"""train_scripts/export_pipeline.py: fp16 Hub-layout export that loads back, keeps the card, and refuses a VAE from
+another latent space."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDIMScheduler
+from safetensors import safe_open
+
+from cxr_diffusers import CXRAutoencoderKL, CXRPipeline, create_components
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "train_scripts" / "export_pipeline.py"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("trained")
+    torch.manual_seed(0)
+    pipe = CXRPipeline(**create_components("tiny"))
+    pipe.scheduler = type(pipe.scheduler).from_config({k: v for k, v in pipe.scheduler.config.items()
+                                                       if k != "clip_sample"})  # as saved by older versions
+    pipe.save_pretrained(folder)
+    (folder / "README.md").write_text("card")
+    return folder
+
+
+def run(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True)
+
+
+def test_export_fp16_loads_back_with_card_and_latent_safe_scheduler(trained, tmp_path):
+    out = tmp_path / "export"
+    result = run("--pipeline", trained, "--output_dir", out, "--dtype", "fp16")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["total_mb"] > 0 and (out / "README.md").read_text() == "card"
+    for part in ("unet", "vae", "text_encoder"):
+        files = list((out / part).glob("*.safetensors"))
+        assert files and not list((out / part).glob("*.bin"))
+        with safe_open(str(files[0]), "pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys()} <= {torch.float16, torch.int64}
+    pipe = CXRPipeline.from_pretrained(out)
+    assert pipe.unet.dtype == torch.float32  # loaded back in fp32 on the CPU
+    assert DDIMScheduler.from_config(pipe.scheduler.config).config.clip_sample is False
+    original = CXRPipeline.from_pretrained(trained)
+    a = original.unet.state_dict()["conv_in.weight"]
+    assert torch.allclose(pipe.unet.state_dict()["conv_in.weight"], a, atol=1e-2)
+
+
+def test_export_refuses_a_vae_from_another_latent_space(trained, tmp_path):
+    vae = CXRAutoencoderKL.from_pretrained(trained / "vae")
+    vae.register_to_config(scaling_factor=vae.config.scaling_factor * 2)
+    vae.save_pretrained(tmp_path / "other-vae")
+    result = run("--pipeline", trained, "--vae", tmp_path / "other-vae", "--output_dir", tmp_path / "export")
+    assert result.returncode == 2 and "not the same latent space" in result.stderr
