@@ -38,6 +38,19 @@ def test_bench_sampling_smoke(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_bench_sampling_single_image_skips_fd_instead_of_failing(tmp_path):
+    out = tmp_path / "sampling.json"
+    _load("bench_sampling").main([
+        "--model", "tiny", "--sizes", "64", "--batch-sizes", "1", "--seed-steps", "2", "3", "--steps", "2",
+        "--repeats", "1", "--compile", "off", "--channels-last", "off", "--flops-repeats", "1", "--matmul-size", "128",
+        "--output", str(out),
+    ])
+    quality = json.loads(out.read_text())["quality"]["64"]
+    assert quality["n_images"] == 1 and quality["fd_ours_vs_seed_ddim3"] is None and "at least 2" in quality["note"]
+    assert quality["psnr_ours_vs_seed_ddim3"] > 0
+
+
+@pytest.mark.slow
 def test_bench_training_smoke(tmp_path):
     out = tmp_path / "training.json"
     _load("bench_training").main(["--configs", "tiny", "--steps", "1", "--batch-size", "2", "--output", str(out)])
