@@ -81,7 +81,7 @@ def test_memorization_audit_report_and_grid(training, tmp_path):
     summary = report.summary()
     assert summary["n"] == 4
     assert summary["pixel_ssim"]["fraction_above_threshold"] == pytest.approx(0.5)
-    assert summary["near_copies"] >= 2
+    assert summary["near_copies"] == 2  # by pixel SSIM only; a high feature cosine alone is not a copy
     assert summary["closest_pairs"][0]["generated"] == 3 and summary["closest_pairs"][0]["training"] == 10
     assert sum(summary["pixel_ssim"]["histogram"]) == 4
     json.dumps(to_jsonable(summary), allow_nan=False)

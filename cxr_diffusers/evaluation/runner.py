@@ -370,8 +370,10 @@ def run_evaluation(
         if config.real_vs_real:
             if "train" in f:
                 n = min(len(f["train"]), len(generated))
-                entry["real_vs_real"] = distribution_metrics(f["real"], f["train"][:n], **kw)
-                entry["real_vs_real"]["note"] = f"{n} training images vs the real reference (noise floor)"
+                # a seeded random subset: the first n training images may all come from one source or class
+                subset = np.sort(np.random.default_rng(config.seed).permutation(len(f["train"]))[:n])
+                entry["real_vs_real"] = distribution_metrics(f["real"], f["train"][subset], **kw)
+                entry["real_vs_real"]["note"] = f"{n} random training images vs the real reference (noise floor)"
             else:
                 notes.append("real_vs_real skipped: no training images")
         metrics["distribution"][name] = entry
