@@ -293,16 +293,15 @@ def main(argv=None) -> dict:
         feats = {name: extractor(x) for name, x in images.items()}
         reference = f"seed_ddim{max(args.seed_steps)}"
         quality = {"n_images": len(images[reference]), "reference": reference, "features": "vae"}
+        enough = quality["n_images"] >= 2  # FD needs two images per set (a covariance); one batch-1 call gives one
         for name in recipes:
             if name != reference:
-                # FD needs two images per set (a covariance); one timed batch-1 call gives one
-                enough = len(images[reference]) >= 2
                 quality[f"fd_{name}_vs_{reference}"] = (frechet_distance(feats[reference], feats[name])
                                                        if enough else None)
                 quality[f"psnr_{name}_vs_{reference}"] = float(np.mean([
                     psnr(a[0].numpy().astype(np.float64), b[0].numpy().astype(np.float64))
                     for a, b in zip(images[reference], images[name])]))
-        if quality["n_images"] < 2:
+        if not enough:
             quality["note"] = "FD needs at least 2 images per recipe: use --repeats 2 or a batch size above 1"
         result["quality"][str(size)] = quality
         print(f"quality at {size}px ({quality['n_images']} paired images, vs {reference}): "
@@ -331,7 +330,7 @@ def main(argv=None) -> dict:
         q = result["quality"]["256"]
         ref = q["reference"]
         others = [n for n in recipes if n not in ("ours", ref)]
-        fd_floor = min((q[f"fd_{n}_vs_{ref}"] for n in others if q[f"fd_{n}_vs_{ref}"] is not None), default=None)
+        fd_floor = min((fd for n in others if (fd := q[f"fd_{n}_vs_{ref}"]) is not None), default=None)
         result["goal_256"] = {
             "ours_ms_per_image": best["ours"],
             "under_1500_ms": best["ours"] <= 1500,
