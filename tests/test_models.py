@@ -156,3 +156,27 @@ def test_parameter_counts_grow_tiny_small_base():
         with torch.device("meta"):
             sizes.append(count(CXRUNet2DConditionModel(**config["unet"])))
     assert sizes[0] < 2e6 < sizes[1] < sizes[2]
+
+
+def test_deeper_decoder_starts_as_the_same_function_and_round_trips(tiny, tmp_path):
+    torch.manual_seed(0)
+    vae = CXRAutoencoderKL(**tiny["vae"]).eval()
+    for parameter in vae.parameters():  # away from the default init, so that a wrong copy cannot pass by chance
+        parameter.data.add_(0.05 * torch.randn_like(parameter))
+    deeper = vae.with_deeper_decoder(tiny["vae"]["layers_per_block"] + 1).eval()
+    assert deeper.config.decoder_layers_per_block == tiny["vae"]["layers_per_block"] + 1
+    assert count(deeper.decoder) > count(vae.decoder) and count(deeper.encoder) == count(vae.encoder)
+    assert all(len(block.resnets) == tiny["vae"]["layers_per_block"] + 2 for block in deeper.decoder.up_blocks)
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(deeper(x).sample, vae(x).sample, rtol=0, atol=1e-5)
+        torch.testing.assert_close(deeper.encode(x).latent_dist.mean, vae.encode(x).latent_dist.mean, rtol=0, atol=0)
+    deeper.save_pretrained(tmp_path)
+    loaded = CXRAutoencoderKL.from_pretrained(tmp_path).eval()
+    assert loaded.config.decoder_layers_per_block == deeper.config.decoder_layers_per_block
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).sample, deeper(x).sample, rtol=0, atol=0)
+    with pytest.raises(CXRInputError, match="at least the current"):
+        deeper.with_deeper_decoder(1)
+    with pytest.raises(CXRInputError, match="at least 1"):
+        CXRAutoencoderKL(**tiny["vae"], decoder_layers_per_block=0)

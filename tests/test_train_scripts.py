@@ -74,6 +74,26 @@ def test_train_vae_produces_a_loadable_vae_with_scaling_factor(tiny_vae):
     assert (tiny_vae / "checkpoint-6" / "vae_ema").is_dir()
 
 
+def test_decoder_only_fine_tune_of_a_deeper_decoder_keeps_the_latent_space(tiny_vae, xray_dataset, tmp_path):
+    load_script("train_vae").main(["--config", TINY, "--train_data_dir", xray_dataset, "--output_dir", str(tmp_path),
+                                   "--pretrained_model_name_or_path", str(tiny_vae / "vae"), "--train_decoder_only",
+                                   "--decoder_layers_per_block", "2", "--max_train_steps", "2"])
+    before = CXRAutoencoderKL.from_pretrained(tiny_vae / "vae")
+    after = CXRAutoencoderKL.from_pretrained(tmp_path / "vae")
+    assert after.config.decoder_layers_per_block == 2 and after.config.scaling_factor == before.config.scaling_factor
+    for name, tensor in before.state_dict().items():  # encoder untouched, the decoder trained
+        if name.startswith(("encoder.", "quant_conv.")):
+            torch.testing.assert_close(after.state_dict()[name], tensor, rtol=0, atol=0)
+    assert not torch.equal(after.decoder.conv_out.weight, before.decoder.conv_out.weight)
+
+
+def test_train_vae_rejects_a_bad_decoder_depth(xray_dataset, tmp_path, capsys):
+    with pytest.raises(SystemExit) as error:
+        load_script("train_vae").main(["--config", TINY, "--train_data_dir", xray_dataset, "--output_dir",
+                                       str(tmp_path), "--decoder_layers_per_block", "0"])
+    assert error.value.code == 2 and "--decoder_layers_per_block must be positive" in capsys.readouterr().err
+
+
 def test_train_ldm_produces_a_pipeline_that_generates(tiny_vae, xray_dataset, tmp_path):
     load_script("train_ldm").main(["--config", TINY, "--train_data_dir", xray_dataset, "--output_dir", str(tmp_path),
                                    "--pretrained_vae_model_name_or_path", str(tiny_vae / "vae")])

@@ -31,7 +31,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from cxr_diffusers import CXRAutoencoderKL, get_model_config
+from cxr_diffusers import CXRAutoencoderKL, CXRInputError, get_model_config
 from cxr_diffusers.hub import DATA_CITATIONS, push_folder, save_model_card
 from cxr_diffusers.training_utils import (
     JsonlLogger,
@@ -82,6 +82,9 @@ def parse_args(argv=None):
     parser.add_argument("--edge_loss_weight", type=float, default=0.0, help="Sobel-gradient L1 term (sharpness)")
     parser.add_argument("--train_decoder_only", action="store_true",
                         help="freeze the encoder (latent space unchanged, e.g. while an LDM trains on it); no KL")
+    parser.add_argument("--decoder_layers_per_block", type=int, default=None,
+                        help="a deeper decoder: with --pretrained_model_name_or_path the added blocks start as the "
+                             "identity (same reconstructions), then train (use with --train_decoder_only)")
     parser.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
     parser.add_argument("--use_ema", action="store_true")
     parser.add_argument("--ema_decay", type=float, default=0.999)
@@ -100,7 +103,8 @@ def parse_args(argv=None):
     parser.add_argument("--hub_model_id", default=None)
     args = apply_config_file(parser, argv, section="vae")
     check_positive(parser, args, "resolution", "crop_size", "train_batch_size", "learning_rate",
-                   "gradient_accumulation_steps", "checkpointing_steps", "validation_steps", "max_train_steps")
+                   "gradient_accumulation_steps", "checkpointing_steps", "validation_steps", "max_train_steps",
+                   "decoder_layers_per_block")
     if args.crop_size > args.resolution:
         parser.error(f"--crop_size {args.crop_size} cannot exceed --resolution {args.resolution}")
     factor = 2 ** (len(get_model_config(args.model_config)["vae"]["block_out_channels"]) - 1)
@@ -151,8 +155,14 @@ def main(argv=None):
     # Model
     if args.pretrained_model_name_or_path:
         vae = CXRAutoencoderKL.from_pretrained(args.pretrained_model_name_or_path)
+        if args.decoder_layers_per_block:
+            try:
+                vae = vae.with_deeper_decoder(args.decoder_layers_per_block)
+            except CXRInputError as error:
+                raise SystemExit(f"--decoder_layers_per_block: {error}") from None
     else:
-        vae = CXRAutoencoderKL(**{**get_model_config(args.model_config)["vae"], "sample_size": args.resolution})
+        vae = CXRAutoencoderKL(**{**get_model_config(args.model_config)["vae"], "sample_size": args.resolution,
+                                  "decoder_layers_per_block": args.decoder_layers_per_block})
     vae.train()
     if args.train_decoder_only:
         vae.encoder.requires_grad_(False)

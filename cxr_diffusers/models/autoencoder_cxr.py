@@ -26,6 +26,8 @@ class CXRAutoencoderKL(ModelMixin, ConfigMixin):
         in_channels / out_channels (`int`, defaults to 1): image channels (grayscale).
         block_out_channels (`tuple[int]`): channels per resolution level; `len - 1` downsamplings (4 levels = 8x).
         layers_per_block (`int`): residual blocks per level in the encoder (the decoder has one more).
+        decoder_layers_per_block (`int`, *optional*): the decoder's own `layers_per_block` (an asymmetric autoencoder
+            with a stronger decoder); defaults to `layers_per_block`. See `with_deeper_decoder`.
         attention_levels (`int`, defaults to 2): self-attention in the lowest `attention_levels` resolution levels
             (plus the mid block).
         latent_channels (`int`, defaults to 8): channels of the latent.
@@ -49,9 +51,12 @@ class CXRAutoencoderKL(ModelMixin, ConfigMixin):
         norm_num_groups: int = 32,
         sample_size: int = 256,
         scaling_factor: float = 1.0,
+        decoder_layers_per_block: int | None = None,
     ):
         super().__init__()
         num_levels = len(block_out_channels)
+        if decoder_layers_per_block is not None and decoder_layers_per_block < 1:
+            raise CXRInputError(f"decoder_layers_per_block must be at least 1, got {decoder_layers_per_block}.")
         if not 0 <= attention_levels <= num_levels:
             raise CXRInputError(f"attention_levels must be between 0 and {num_levels}, got {attention_levels}.")
         down_block_types = tuple(
@@ -76,7 +81,7 @@ class CXRAutoencoderKL(ModelMixin, ConfigMixin):
             out_channels=out_channels,
             up_block_types=up_block_types,
             block_out_channels=block_out_channels,
-            layers_per_block=layers_per_block,
+            layers_per_block=decoder_layers_per_block or layers_per_block,
             norm_num_groups=norm_num_groups,
         )
         self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1)
@@ -85,6 +90,33 @@ class CXRAutoencoderKL(ModelMixin, ConfigMixin):
     @property
     def downsample_factor(self) -> int:
         return 2 ** (len(self.config.block_out_channels) - 1)
+
+    def with_deeper_decoder(self, decoder_layers_per_block: int) -> "CXRAutoencoderKL":
+        """
+        A copy of this autoencoder whose decoder has `decoder_layers_per_block` residual blocks per level (more than
+        now), computing exactly the same function: every weight is copied and each added residual block (and its
+        self-attention, where the level has one) starts as the identity, its last projection set to zero. Fine-tune
+        the decoder from there (`train_vae.py --train_decoder_only --decoder_layers_per_block N`); the encoder and
+        so the latent space, and any latent diffusion model trained on it, stay valid.
+        """
+        current = self.config.decoder_layers_per_block or self.config.layers_per_block
+        if decoder_layers_per_block < current:
+            raise CXRInputError(
+                f"decoder_layers_per_block must be at least the current {current}, got {decoder_layers_per_block}."
+            )
+        # Built from the public keys only: from_config would let `_use_default_values` override the new value.
+        config = {key: value for key, value in self.config.items() if not key.startswith("_")}
+        deeper = CXRAutoencoderKL(**{**config, "decoder_layers_per_block": decoder_layers_per_block})
+        for up_block in deeper.decoder.up_blocks:  # identity: zero the output projection of each added block
+            for resnet in up_block.resnets[current + 1:]:
+                resnet.conv2.weight.data.zero_()
+                resnet.conv2.bias.data.zero_()
+            for attention in (up_block.attentions[current + 1:] if hasattr(up_block, "attentions") else []):
+                attention.to_out[0].weight.data.zero_()
+                attention.to_out[0].bias.data.zero_()
+        missing, unexpected = deeper.load_state_dict(self.state_dict(), strict=False)
+        assert not unexpected and all(".up_blocks." in key for key in missing), (missing, unexpected)
+        return deeper.to(self.device) if self.dtype == torch.float32 else deeper.to(self.device, self.dtype)
 
     def _check_input(self, x: torch.Tensor, channels: int, what: str, multiple: int) -> None:
         if x.ndim != 4 or x.shape[1] != channels:
