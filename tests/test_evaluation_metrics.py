@@ -306,6 +306,12 @@ def test_classifier_extractor_reads_a_saved_image_processor(tmp_path, real):
     pixel_values = processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         expected = model.resnet(pixel_values).pooler_output.flatten(1).numpy()
+        expected_proba = torch.softmax(model(pixel_values).logits, dim=1).numpy()
+    calls = []
+    hook = extractor.model.resnet.register_forward_hook(lambda *args: calls.append(1))
     np.testing.assert_allclose(extractor(images), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(extractor.predict_proba(images), expected_proba, rtol=1e-4, atol=1e-5)
+    hook.remove()
+    assert len(calls) == 2  # one backbone pass per batch gives both features and logits
     with pytest.raises(CXRInputError, match="config.json"):
         ClassifierFeatureExtractor.from_pretrained(tmp_path / "missing")

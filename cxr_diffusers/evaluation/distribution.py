@@ -281,13 +281,19 @@ class ClassifierFeatureExtractor:
             pixel_values = pixel_values.to(self.device, dtype)
             base = getattr(self.model, getattr(self.model, "base_model_prefix", ""), None)
             if base is not None and base is not self.model:
-                out = base(pixel_values)
+                # One forward pass: the backbone's output (pooled features) is caught on its way to the head.
+                caught = []
+                hook = base.register_forward_hook(lambda module, args, output: caught.append(output))
+                try:
+                    logits = self.model(pixel_values).logits
+                finally:
+                    hook.remove()
+                out = caught[0]
                 pooled = getattr(out, "pooler_output", None)
                 if pooled is None:
                     hidden = out.last_hidden_state
                     pooled = hidden.mean(dim=(2, 3)) if hidden.ndim == 4 else hidden.mean(dim=1)
                 features = pooled.flatten(1)
-                logits = self.model(pixel_values).logits
             else:
                 out = self.model(pixel_values, output_hidden_states=True)
                 hidden = out.hidden_states[-1]

@@ -352,11 +352,18 @@ def run_evaluation(
 
     # 3. distribution metrics, per feature extractor
     extractors = _build_extractors(config.features, pipe, classifier, size, notes)
+    from tqdm.auto import tqdm
+
     features: dict[str, dict[str, np.ndarray]] = {}
-    for name, extractor in extractors.items():
-        features[name] = {"generated": extractor(generated), "real": extractor(real)}
-        if train is not None:
-            features[name]["train"] = extractor(train)
+    image_sets = {"generated": generated, "real": real, **({"train": train} if train is not None else {})}
+    total = len(extractors) * sum(len(images) for images in image_sets.values())
+    with tqdm(total=total, desc="features", disable=not config.progress, unit="img") as bar:
+        for name, extractor in extractors.items():
+            features[name] = {}
+            for split, images in image_sets.items():
+                bar.set_postfix_str(f"{name}: {split}")
+                features[name][split] = extractor(images)
+                bar.update(len(images))
     kw = {"k": config.k, "kid_subsets": config.kid_subsets, "kid_subset_size": config.kid_subset_size,
           "seed": config.seed}
     metrics["distribution"] = {}
