@@ -67,6 +67,9 @@ def test_train_vae_produces_a_loadable_vae_with_scaling_factor(tiny_vae):
     assert vae.config.scaling_factor != 1.0 and np.isfinite(vae.config.scaling_factor)
     summary = json.loads((tiny_vae / "vae" / "training_summary.json").read_text())
     assert summary["global_step"] == 6 and summary["validation"]["psnr"] > 0
+    logged = [json.loads(line) for line in (tiny_vae / "metrics.jsonl").read_text().splitlines()]
+    last_validation = [row for row in logged if "val_psnr" in row][-1]  # in-loop validation sees the shipped EMA weights
+    assert last_validation["step"] == 6 and last_validation["val_psnr"] == pytest.approx(summary["validation"]["psnr"])
     assert (tiny_vae / "vae" / "README.md").read_text().count("Not for clinical use") == 1
     assert (tiny_vae / "loss.png").is_file() and list((tiny_vae / "samples").glob("reconstructions-*.png"))
     assert [p.name for p in sorted(tiny_vae.glob("checkpoint-*"))] == ["checkpoint-3", "checkpoint-6"]

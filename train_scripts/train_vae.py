@@ -63,7 +63,8 @@ def parse_args(argv=None):
     parser.add_argument("--dataset_name", default=None, help="Hub dataset id (alternative to --train_data_dir)")
     parser.add_argument("--validation_split", default="validation", help="split used for validation metrics")
     parser.add_argument("--max_train_samples", type=int, default=None, help="truncate the training set (debugging)")
-    parser.add_argument("--num_validation_images", type=int, default=64, help="full images for PSNR/SSIM")
+    parser.add_argument("--num_validation_images", type=int, default=64,
+                        help="full validation images for PSNR/SSIM (of the EMA weights when --use_ema)")
     parser.add_argument("--resolution", type=int, default=256, help="full image size")
     parser.add_argument("--crop_size", type=int, default=128, help="random crop size for training")
     parser.add_argument("--train_batch_size", type=int, default=8)
@@ -274,8 +275,13 @@ def main(argv=None):
 
             if global_step % args.validation_steps == 0 or global_step == args.max_train_steps:
                 if accelerator.is_main_process:
-                    metrics, pairs = vae_reconstruction_metrics(unwrapped, eval_set, args.resolution, 16,
-                                                                accelerator.device)
+                    if ema:  # validate the weights that will be shipped
+                        ema.store(unwrapped.parameters())
+                        ema.copy_to(unwrapped.parameters())
+                    metrics, pairs = vae_reconstruction_metrics(unwrapped, eval_set, args.resolution,
+                                                                args.num_validation_images, accelerator.device)
+                    if ema:
+                        ema.restore(unwrapped.parameters())
                     history.log(global_step, val_psnr=metrics["psnr"], val_ssim=metrics["ssim"])
                     accelerator.print(f"step {global_step}: val PSNR {metrics['psnr']:.2f} dB SSIM {metrics['ssim']:.4f}")
                     from PIL import Image
