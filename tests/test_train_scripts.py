@@ -77,10 +77,18 @@ def test_train_vae_produces_a_loadable_vae_with_scaling_factor(tiny_vae):
     assert (tiny_vae / "checkpoint-6" / "vae_ema").is_dir()
 
 
-def test_decoder_only_fine_tune_of_a_deeper_decoder_keeps_the_latent_space(tiny_vae, xray_dataset, tmp_path):
+def test_decoder_only_fine_tune_of_a_deeper_decoder_keeps_the_latent_space(tiny_vae, xray_dataset, tmp_path,
+                                                                           monkeypatch):
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("--decoder_input mode must decode the posterior mode, not samples")
+
+    monkeypatch.setattr(DiagonalGaussianDistribution, "sample", no_sampling)
     load_script("train_vae").main(["--config", TINY, "--train_data_dir", xray_dataset, "--output_dir", str(tmp_path),
                                    "--pretrained_model_name_or_path", str(tiny_vae / "vae"), "--train_decoder_only",
-                                   "--decoder_layers_per_block", "2", "--max_train_steps", "2"])
+                                   "--decoder_layers_per_block", "2", "--decoder_input", "mode",
+                                   "--max_train_steps", "2"])
     before = CXRAutoencoderKL.from_pretrained(tiny_vae / "vae")
     after = CXRAutoencoderKL.from_pretrained(tmp_path / "vae")
     assert after.config.decoder_layers_per_block == 2 and after.config.scaling_factor == before.config.scaling_factor

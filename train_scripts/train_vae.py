@@ -83,6 +83,9 @@ def parse_args(argv=None):
     parser.add_argument("--edge_loss_weight", type=float, default=0.0, help="Sobel-gradient L1 term (sharpness)")
     parser.add_argument("--train_decoder_only", action="store_true",
                         help="freeze the encoder (latent space unchanged, e.g. while an LDM trains on it); no KL")
+    parser.add_argument("--decoder_input", default="sample", choices=["sample", "mode"],
+                        help="latents the decoder learns from: posterior samples (default) or the posterior mode, "
+                             "which is what reconstruction (and PSNR) uses")
     parser.add_argument("--decoder_layers_per_block", type=int, default=None,
                         help="a deeper decoder: with --pretrained_model_name_or_path the added blocks start as the "
                              "identity (same reconstructions), then train (use with --train_decoder_only)")
@@ -242,7 +245,8 @@ def main(argv=None):
                 crop_generator = torch.Generator().manual_seed(args.seed * 1_000_003 + global_step)
                 x = torch.stack([random_crop(image, args.crop_size, crop_generator) for image in batch["pixel_values"]])
                 posterior = unwrapped.encode(x).latent_dist
-                reconstruction = unwrapped.decode(posterior.sample()).sample
+                latents = posterior.mode() if args.decoder_input == "mode" else posterior.sample()
+                reconstruction = unwrapped.decode(latents).sample
                 mse = F.mse_loss(reconstruction, x)
                 kl = posterior.kl().mean() / posterior.mean[0].numel()  # per latent element
                 loss = mse if args.train_decoder_only else mse + args.kl_weight * kl
