@@ -232,6 +232,7 @@ def main(argv=None):
     start = time.time()
     unwrapped = accelerator.unwrap_model(vae)
     last_logs: dict = {}
+    last_validation = None  # (step, metrics, pairs) of the newest in-loop validation of the EMA weights
     for epoch in range(first_epoch, num_epochs):
         loader.set_epoch(epoch)  # the shuffle order depends only on (seed, epoch): exact across resume
         epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
@@ -286,6 +287,7 @@ def main(argv=None):
                                                                 args.num_validation_images, accelerator.device)
                     if ema:
                         ema.restore(unwrapped.parameters())
+                    last_validation = (global_step, metrics, pairs)
                     history.log(global_step, val_psnr=metrics["psnr"], val_ssim=metrics["ssim"])
                     accelerator.print(f"step {global_step}: val PSNR {metrics['psnr']:.2f} dB SSIM {metrics['ssim']:.4f}")
                     from PIL import Image
@@ -308,9 +310,11 @@ def main(argv=None):
         final = accelerator.unwrap_model(vae)
         if ema:
             ema.copy_to(final.parameters())
-        full_eval = vae_reconstruction_metrics(final, eval_set, args.resolution, args.num_validation_images,
-                                         accelerator.device)
-        metrics, pairs = full_eval
+        if last_validation is not None and last_validation[0] == global_step:  # the last step validated these weights
+            metrics, pairs = last_validation[1:]
+        else:
+            metrics, pairs = vae_reconstruction_metrics(final, eval_set, args.resolution, args.num_validation_images,
+                                                        accelerator.device)
         if args.train_decoder_only:  # same encoder, same latent space: keep the scaling factor the LDM uses
             scaling = final.config.scaling_factor
         else:
