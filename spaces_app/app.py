@@ -33,6 +33,10 @@ TITLE = "cxr-diffusers: synthetic chest X-rays"
 CSS = """
 .cxr-warning {border-left: 4px solid #d08c3a; padding-left: 0.6rem;}
 #cxr-header h1 {margin-bottom: 0.1rem;}
+/* Gradio shrinks a gallery's grid to the number of images, so one square X-ray spans the whole width and the
+   fixed height cut off its lower part. Keep two columns and let the gallery grow to show whole images. */
+#generated-gallery .grid-container {grid-template-columns: repeat(2, minmax(100px, 1fr)) !important;}
+#generated-gallery .fixed-height, #enhance-gallery .fixed-height {max-height: none !important;}
 """
 
 

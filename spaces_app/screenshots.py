@@ -46,6 +46,26 @@ def _tab(page, name: str) -> None:
     page.get_by_role("tab", name=name, exact=True).click()
 
 
+def _visible_image_box(page, gallery: str) -> dict:
+    """Width, height and the visible fraction of a gallery's first image (1.0 when nothing is cut off by the
+    gallery's scroll box)."""
+    return page.evaluate("""(sel) => {
+        const img = document.querySelector(sel + ' img');
+        const box = img.getBoundingClientRect();
+        let visible = {top: box.top, bottom: box.bottom, left: box.left, right: box.right};
+        for (let el = img.parentElement; el; el = el.parentElement) {
+            const style = getComputedStyle(el);
+            if (['auto', 'scroll', 'hidden', 'clip'].includes(style.overflowY)) {
+                const r = el.getBoundingClientRect();
+                visible = {top: Math.max(visible.top, r.top), bottom: Math.min(visible.bottom, r.bottom),
+                           left: Math.max(visible.left, r.left), right: Math.min(visible.right, r.right)};
+            }
+        }
+        const area = Math.max(0, visible.bottom - visible.top) * Math.max(0, visible.right - visible.left);
+        return {width: box.width, height: box.height, visible_fraction: area / (box.width * box.height)};
+    }""", gallery)
+
+
 def _shot(page, out: Path, name: str, shots: dict) -> None:
     page.wait_for_timeout(400)  # let plots and images settle
     path = out / f"{name}.png"
@@ -108,6 +128,7 @@ def _visit(page, url, out, report, prompt, upload, data_option, steps) -> None:
     page.wait_for_function("document.querySelector('#generation-time')?.innerText.includes(' s')")
     report["generation_ui_s"] = round(time.perf_counter() - start, 3)
     report["generation_text"] = page.locator("#generation-time").inner_text().strip()
+    report["generated_image_box"] = _visible_image_box(page, "#generated-gallery")
     _shot(page, out, "generate", report["screenshots"])
 
     # Enhancement: send the generated image, compare every preset.

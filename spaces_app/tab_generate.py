@@ -140,7 +140,7 @@ def build(state: AppState) -> GenerateTab:
             if state.pipe is None:
                 gr.Markdown(f"**Model not available.** {state.pipe_error}", elem_classes=["cxr-warning"])
         with gr.Column(scale=3, min_width=360):
-            gallery = gr.Gallery(label="Generated X-rays (grayscale PNG)", format="png", columns=2, height=520,
+            gallery = gr.Gallery(label="Generated X-rays (grayscale PNG)", format="png", columns=2, height="auto",
                                  object_fit="contain", preview=False, elem_id="generated-gallery",
                                  buttons=["download", "fullscreen"])
             timing = gr.Markdown("Generation time appears here.", elem_id="generation-time")

@@ -44,6 +44,8 @@ def test_every_tab_in_a_real_browser(running, tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
     assert report["external_requests"] == []  # nothing leaves the machine
     assert report["generation_text"].startswith("1 image of 64x64 in") and "2 steps" in report["generation_text"]
+    box = report["generated_image_box"]  # one square image, shown whole (not cut off by the gallery's height)
+    assert box["visible_fraction"] > 0.99 and abs(box["width"] - box["height"]) < 2, box
     assert report["data_source"].startswith("fixture-xrays")
     assert report["training_run"].endswith("ldm-tiny")
     print(f"\nbrowser: first render {report['first_render_s']:.2f} s, generation through the UI "
