@@ -119,3 +119,28 @@ def test_find_classifier_needs_an_id2label(tmp_path):
     assert find_classifier([tmp_path]) is None  # no labels: not an image classifier
     (tmp_path / "my-classifier" / "config.json").write_text(json.dumps({"id2label": {"0": "NORMAL", "1": "PNEUMONIA"}}))
     assert find_classifier([tmp_path]) == str(tmp_path / "my-classifier")
+
+
+def test_evaluate_with_a_fixed_feature_vae(tiny_model, tmp_path, capsys):
+    """--feature-vae puts pipelines with different VAEs into one feature space; the pipeline's own VAE is the default."""
+    from cxr_diffusers import CXRPipeline, create_components
+
+    torch.manual_seed(1)
+    other = tmp_path / "other-pipeline"
+    CXRPipeline(**create_components("tiny")).save_pretrained(other)
+    args = ["evaluate", tiny_model, "--real", str(FIXTURES_DIR / "kermany"), "--no-train", "--features", "vae",
+            "--num-images", "2", "--steps", "2", "--kid-subsets", "2", "--no-progress", "--classifier", "none"]
+
+    def fd(name, *extra):
+        assert main(args + ["--output-dir", str(tmp_path / name), *extra]) == 0
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        return metrics["distribution"]["vae"]["generated_vs_real"]["fd"], metrics["config"]["feature_vae"]
+
+    own, own_path = fd("own")
+    same, same_path = fd("same", "--feature-vae", tiny_model)  # a pipeline folder: its vae/ subfolder
+    fixed, _ = fd("fixed", "--feature-vae", str(other / "vae"))  # a VAE folder
+    assert own_path is None and same_path == tiny_model
+    assert same == pytest.approx(own, rel=1e-5)
+    assert abs(fixed - own) > 1e-3 * max(abs(own), 1e-6)
+    assert main(args + ["--output-dir", str(tmp_path / "bad"), "--feature-vae", str(tmp_path / "missing")]) == 2
+    assert "Could not load a CXRAutoencoderKL" in capsys.readouterr().err

@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", default="vae,classifier",
                         help="comma-separated extractors: vae, classifier, inception, xrv (the last two only with "
                              "weights already on disk)")
+    parser.add_argument("--feature-vae", default=None,
+                        help="pipeline or VAE folder whose encoder gives the 'vae' features (default: the evaluated "
+                             "pipeline's own VAE); fix it to compare pipelines with different VAEs")
     parser.add_argument("--real-vs-real", action="store_true",
                         help="also compare training vs reference images: the noise floor of every metric")
     parser.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default 100)")
@@ -96,6 +99,7 @@ def evaluate_from_args(args: argparse.Namespace, model: str) -> dict:
         scheduler=args.scheduler,
         size=args.size,
         features=features,
+        feature_vae=args.feature_vae,
         real_vs_real=args.real_vs_real,
         memorization_size=args.memorization_size,
         ssim_threshold=DEFAULT_SSIM_THRESHOLD if args.near_copy_ssim is None else args.near_copy_ssim,

@@ -64,6 +64,7 @@ class EvaluationConfig:
     scheduler: str | None = None
     size: int | None = None
     features: Sequence[str] = ("vae", "classifier")
+    feature_vae: str | None = None  # VAE (pipeline or VAE folder) for "vae" features; default: the pipeline's own
     real_vs_real: bool = False
     memorization_size: int = 64
     ssim_threshold: float = DEFAULT_SSIM_THRESHOLD
@@ -251,11 +252,15 @@ def _class_name(prompt: str, config_prompts: Sequence[str]) -> str:
     return f"prompt {list(config_prompts).index(prompt)}"
 
 
-def _build_extractors(names, pipe, classifier, size, notes):
+def _build_extractors(names, pipe, classifier, size, notes, feature_vae=None):
     extractors = {}
     for name in names:
         try:
-            if name == "vae":
+            if name == "vae" and feature_vae is not None:
+                # A fixed feature space, so that pipelines with different VAEs can be compared.
+                extractors["vae"] = VAEFeatureExtractor.from_pretrained(feature_vae, image_size=size, device=pipe.device)
+                extractors["vae"].vae.to(pipe.device)
+            elif name == "vae":
                 extractors["vae"] = VAEFeatureExtractor(pipe.vae, image_size=size)
             elif name == "classifier":
                 if classifier is None:
@@ -351,7 +356,7 @@ def run_evaluation(
         metrics["vae_reconstruction_real"] = _reconstruction(pipe.vae, real, config.reconstruction_images)
 
     # 3. distribution metrics, per feature extractor
-    extractors = _build_extractors(config.features, pipe, classifier, size, notes)
+    extractors = _build_extractors(config.features, pipe, classifier, size, notes, config.feature_vae)
     from tqdm.auto import tqdm
 
     features: dict[str, dict[str, np.ndarray]] = {}
