@@ -36,7 +36,7 @@ CSS = """
 /* Gradio shrinks a gallery's grid to the number of images, so one square X-ray spans the whole width and the
    fixed height cut off its lower part. Keep two columns and let the gallery grow to show whole images. */
 #generated-gallery .grid-container {grid-template-columns: repeat(2, minmax(100px, 1fr)) !important;}
-#generated-gallery .fixed-height, #enhance-gallery .fixed-height {max-height: none !important;}
+#generated-gallery .fixed-height {max-height: none !important;}
 """
 
 

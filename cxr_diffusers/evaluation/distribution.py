@@ -148,12 +148,13 @@ class VAEFeatureExtractor:
         vae: the autoencoder (e.g. `pipe.vae`).
         image_size: images are resized to this before encoding (default: the VAE's `sample_size`).
         grid: spatial pooling grid (0 for channel statistics only).
+        device: where to encode (the VAE is moved there); default: where the VAE already is.
     """
 
     name = "vae"
 
     def __init__(self, vae, image_size: int | None = None, grid: int = 2, batch_size: int = 16, device=None):
-        self.vae = vae.eval()
+        self.vae = vae.eval() if device is None else vae.eval().to(device)
         self.image_size = int(image_size or vae.config.sample_size)
         if self.image_size % vae.downsample_factor:
             raise CXRInputError(

@@ -259,7 +259,6 @@ def _build_extractors(names, pipe, classifier, size, notes, feature_vae=None):
             if name == "vae" and feature_vae is not None:
                 # A fixed feature space, so that pipelines with different VAEs can be compared.
                 extractors["vae"] = VAEFeatureExtractor.from_pretrained(feature_vae, image_size=size, device=pipe.device)
-                extractors["vae"].vae.to(pipe.device)
             elif name == "vae":
                 extractors["vae"] = VAEFeatureExtractor(pipe.vae, image_size=size)
             elif name == "classifier":
