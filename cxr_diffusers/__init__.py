@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "CXRAutoencoderKL": "models",
+    "CXRPatchDiscriminator": "models",
     "CXRTextEncoder": "models",
     "CXRUNet2DConditionModel": "models",
     "CXRPipeline": "pipelines",
@@ -45,6 +46,6 @@ def __dir__():
 if TYPE_CHECKING:  # pragma: no cover
     from .configs import MODEL_CONFIGS, create_components, get_model_config
     from .errors import CXRInputError, DataError, ModelLoadingError
-    from .models import CXRAutoencoderKL, CXRTextEncoder, CXRUNet2DConditionModel
+    from .models import CXRAutoencoderKL, CXRPatchDiscriminator, CXRTextEncoder, CXRUNet2DConditionModel
     from .pipelines import CXRPipeline, CXRPipelineOutput
     from .provenance import NOT_FOR_CLINICAL_USE, read_provenance

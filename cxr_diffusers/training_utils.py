@@ -114,11 +114,14 @@ def vae_reconstruction_metrics(vae, dataset, resolution: int, count: int, device
     """
     Mean PSNR / SSIM of posterior-mode reconstructions of `count` images spread evenly over `dataset` (so that every
     source of a combined split is represented) at `resolution`, computed on uint8 images (as a viewer sees them),
-    overall and per `source` where the dataset has that column. Returns the metrics and up to 8 (real,
-    reconstruction) pairs.
+    and the sharpness ratio: mean variance of the Laplacian of the reconstructions / that of the originals (1 = as
+    sharp as the real images; MSE-trained decoders reach about 0.1 at 30 dB). Overall and per `source` where the
+    dataset has that column. Returns the metrics and up to 8 (real, reconstruction) pairs.
     """
     import torch
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    from .evaluation.image_quality import sharpness
 
     device = device or next(vae.parameters()).device
     count = min(count, len(dataset))
@@ -126,7 +129,7 @@ def vae_reconstruction_metrics(vae, dataset, resolution: int, count: int, device
     sources = dataset.column_names if hasattr(dataset, "column_names") else []
     was_training = vae.training
     vae.eval()
-    psnrs, ssims, pairs, per_source = [], [], [], {}
+    rows, pairs, per_source = [], [], {}
     with torch.no_grad():
         for index in indices:
             row = dataset[index]
@@ -134,22 +137,23 @@ def vae_reconstruction_metrics(vae, dataset, resolution: int, count: int, device
             y = vae(x).sample.clamp(-1, 1)
             real = ((x[0, 0].cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
             fake = ((y[0, 0].cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
-            psnr = peak_signal_noise_ratio(real, fake, data_range=255)
-            ssim = structural_similarity(real, fake, data_range=255)
-            psnrs.append(psnr)
-            ssims.append(ssim)
+            values = (peak_signal_noise_ratio(real, fake, data_range=255), structural_similarity(real, fake, data_range=255),
+                      sharpness(fake), sharpness(real))
+            rows.append(values)
             if "source" in sources:
-                per_source.setdefault(row["source"], []).append((psnr, ssim))
+                per_source.setdefault(row["source"], []).append(values)
             if len(pairs) < 8:
                 pairs.append((real, fake))
     vae.train(was_training)
-    metrics = {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)), "num_images": len(psnrs)}
+
+    def summarise(values: list[tuple[float, float, float, float]]) -> dict:
+        psnr, ssim, sharp_fake, sharp_real = (np.asarray(v, dtype=np.float64) for v in zip(*values))
+        return {"psnr": float(psnr.mean()), "ssim": float(ssim.mean()),
+                "sharpness_ratio": float(sharp_fake.mean() / max(sharp_real.mean(), 1e-12)), "num_images": len(values)}
+
+    metrics = summarise(rows)
     if per_source:
-        metrics["per_source"] = {
-            name: {"psnr": float(np.mean([p for p, _ in values])), "ssim": float(np.mean([q for _, q in values])),
-                   "num_images": len(values)}
-            for name, values in sorted(per_source.items())
-        }
+        metrics["per_source"] = {name: summarise(values) for name, values in sorted(per_source.items())}
     return metrics, pairs
 
 

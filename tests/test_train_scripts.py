@@ -117,13 +117,22 @@ def test_train_ldm_produces_a_pipeline_that_generates(tiny_vae, xray_dataset, tm
     assert list((tmp_path / "samples").glob("step-*.png"))
 
 
-@pytest.mark.parametrize("script", ["train_ldm", "train_vae"])
-def test_resume_is_exact(script, tiny_vae, xray_dataset, tmp_path):
-    """N steps in one run == N/2 steps, stop, resume for N/2 more (the state at N/2 is the saved checkpoint)."""
-    extra = ["--pretrained_vae_model_name_or_path", str(tiny_vae / "vae")] if script == "train_ldm" else []
+VAE_V2_FLAGS = ["--perceptual_weight", "0.5", "--disc_weight", "0.5", "--disc_start", "2", "--logging_steps", "1"]
+
+
+@pytest.mark.parametrize("script,extra", [("train_ldm", []), ("train_vae", []), ("train_vae", VAE_V2_FLAGS)],
+                         ids=["ldm", "vae", "vae-v2-objective"])
+def test_resume_is_exact(script, extra, tiny_vae, xray_dataset, tmp_path):
+    """N steps in one run == N/2 steps, stop, resume for N/2 more (the state at N/2 is the saved checkpoint, with the
+    discriminator and its optimizer for the VAE v2 objective)."""
+    extra = ["--pretrained_vae_model_name_or_path", str(tiny_vae / "vae")] if script == "train_ldm" else extra
     args = ["--config", TINY, "--train_data_dir", xray_dataset, "--validation_steps", "100", *extra]
     full, half = tmp_path / "full", tmp_path / "half"
     load_script(script).main([*args, "--output_dir", str(full)])
+    if extra == VAE_V2_FLAGS:
+        assert (full / "checkpoint-3" / "discriminator" / "config.json").is_file()
+        logged = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+        assert any("d_loss" in r and "adaptive_weight" in r and "perceptual" in r for r in logged)
     half.mkdir()
     shutil.copytree(full / "checkpoint-3", half / "checkpoint-3")
     load_script(script).main([*args, "--output_dir", str(half), "--resume_from_checkpoint", "latest"])

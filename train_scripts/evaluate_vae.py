@@ -4,7 +4,8 @@
     python train_scripts/evaluate_vae.py --vae pretrained/cxr-ldm-small --train_data_dir data/cxr-train-256 \
         --split test --num_images 200 --output_dir outputs/vae-eval
 
-Writes `vae_metrics.json` (mean PSNR/SSIM on uint8 images at `--resolution`) and `reconstructions.png`
+Writes `vae_metrics.json` (mean PSNR/SSIM on uint8 images at `--resolution`, and the sharpness ratio: variance of
+the Laplacian of reconstructions / originals, overall and per source) and `reconstructions.png`
 (real | reconstruction pairs).
 """
 

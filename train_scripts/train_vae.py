@@ -5,9 +5,13 @@
         --train_data_dir data/cxr-train-256 --output_dir runs/vae-small
 
 The VAE is fully convolutional, so it trains on random crops (`--crop_size`) of the full-resolution images, which is
-several times faster than full images; validation PSNR/SSIM is measured on full `--resolution` images. Loss: MSE per pixel
-(+ optional L1) reconstruction + `--kl_weight` x KL per latent element (+ optional `--edge_loss_weight` x Sobel-gradient loss for sharp
-edges). At the end the latent `scaling_factor` (1 / std of training latents) is computed and stored in the config.
+several times faster than full images; validation PSNR/SSIM and the sharpness ratio are measured on full `--resolution`
+images. Loss: MSE per pixel (+ optional L1) reconstruction + `--kl_weight` x KL per latent element (+ optional
+`--edge_loss_weight` x Sobel-gradient loss), and the VAE v2 terms of the latent-diffusion autoencoders:
+`--perceptual_weight` x a feature distance on a frozen chest-X-ray classifier (`--perceptual_model`, LPIPS-style) and,
+from step `--disc_start`, `--disc_weight` x a PatchGAN hinge loss whose weight adapts to the reconstruction loss
+(gradient norms at the decoder's last layer). The discriminator is checkpointed with the VAE (exact resume). At the
+end the latent `scaling_factor` (1 / std of training latents) is computed and stored in the config.
 """
 
 from __future__ import annotations
@@ -31,8 +35,14 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from cxr_diffusers import CXRAutoencoderKL, CXRInputError, get_model_config
+from cxr_diffusers import CXRAutoencoderKL, CXRInputError, CXRPatchDiscriminator, get_model_config
 from cxr_diffusers.hub import DATA_CITATIONS, push_folder, save_model_card
+from cxr_diffusers.losses import (
+    ClassifierPerceptualLoss,
+    adaptive_adversarial_weight,
+    generator_adversarial_loss,
+    hinge_discriminator_loss,
+)
 from cxr_diffusers.training_utils import (
     JsonlLogger,
     apply_config_file,
@@ -81,6 +91,18 @@ def parse_args(argv=None):
     parser.add_argument("--kl_weight", type=float, default=1e-4)
     parser.add_argument("--l1_weight", type=float, default=0.0, help="extra L1 reconstruction term")
     parser.add_argument("--edge_loss_weight", type=float, default=0.0, help="Sobel-gradient L1 term (sharpness)")
+    parser.add_argument("--perceptual_weight", type=float, default=0.0,
+                        help="weight of the perceptual feature loss on --perceptual_model (0 = off)")
+    parser.add_argument("--perceptual_model", default=None,
+                        help="classifier folder whose frozen ResNet backbone gives the perceptual features "
+                             "(default: the bundled pretrained/pneumonia-classifier)")
+    parser.add_argument("--disc_weight", type=float, default=0.0,
+                        help="weight of the PatchGAN hinge loss, times the adaptive weight (0 = no discriminator)")
+    parser.add_argument("--disc_start", type=int, default=0,
+                        help="global step from which the discriminator trains and its loss applies")
+    parser.add_argument("--disc_learning_rate", type=float, default=None, help="default: --learning_rate")
+    parser.add_argument("--disc_channels", type=int, default=32, help="channels of the discriminator's first layer")
+    parser.add_argument("--disc_layers", type=int, default=3, help="strided layers of the discriminator")
     parser.add_argument("--train_decoder_only", action="store_true",
                         help="freeze the encoder (latent space unchanged, e.g. while an LDM trains on it); no KL")
     parser.add_argument("--decoder_input", default="sample", choices=["sample", "mode"],
@@ -108,7 +130,18 @@ def parse_args(argv=None):
     args = apply_config_file(parser, argv, section="vae")
     check_positive(parser, args, "resolution", "crop_size", "train_batch_size", "learning_rate",
                    "gradient_accumulation_steps", "checkpointing_steps", "validation_steps", "max_train_steps",
-                   "decoder_layers_per_block")
+                   "decoder_layers_per_block", "disc_learning_rate", "disc_channels", "disc_layers")
+    for name in ("perceptual_weight", "disc_weight", "disc_start", "kl_weight", "l1_weight", "edge_loss_weight"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} must be >= 0, got {getattr(args, name)}")
+    if args.perceptual_weight:
+        if args.perceptual_model is None:
+            from cxr_diffusers.evaluation.runner import find_classifier
+
+            args.perceptual_model = find_classifier()
+        if args.perceptual_model is None or not (Path(args.perceptual_model) / "config.json").is_file():
+            parser.error(f"--perceptual_model {args.perceptual_model} is not a classifier folder (needed by "
+                         "--perceptual_weight); train one with train_classifier.py or give its path")
     if args.crop_size > args.resolution:
         parser.error(f"--crop_size {args.crop_size} cannot exceed --resolution {args.resolution}")
     factor = 2 ** (len(get_model_config(args.model_config)["vae"]["block_out_channels"]) - 1)
@@ -173,7 +206,12 @@ def main(argv=None):
         vae.quant_conv.requires_grad_(False)
     ema = EMAModel(vae.parameters(), decay=args.ema_decay, model_cls=CXRAutoencoderKL, model_config=vae.config) \
         if args.use_ema else None
-    register_diffusers_checkpoint_hooks(accelerator, {"vae": vae}, {"vae_ema": ema} if ema else None)
+    discriminator = CXRPatchDiscriminator(in_channels=vae.config.out_channels, base_channels=args.disc_channels,
+                                          num_layers=args.disc_layers) if args.disc_weight else None
+    perceptual = ClassifierPerceptualLoss.from_pretrained(args.perceptual_model).to(accelerator.device) \
+        if args.perceptual_weight else None
+    checkpointed = {"vae": vae, **({"discriminator": discriminator} if discriminator is not None else {})}
+    register_diffusers_checkpoint_hooks(accelerator, checkpointed, {"vae_ema": ema} if ema else None)
 
     # Data: random crops of the resized/padded full image
     train_set = load_training_dataset(args.train_data_dir, args.dataset_name, "train")
@@ -207,6 +245,10 @@ def main(argv=None):
         num_training_steps=args.max_train_steps * accelerator.num_processes,
     )
     vae, optimizer, loader, lr_scheduler = accelerator.prepare(vae, optimizer, loader, lr_scheduler)
+    if discriminator is not None:
+        disc_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=args.disc_learning_rate or args.learning_rate,
+                                           betas=(0.5, 0.9), weight_decay=0.0)
+        discriminator, disc_optimizer = accelerator.prepare(discriminator, disc_optimizer)
     if ema:
         ema.to(accelerator.device)
     if accelerator.is_main_process and args.report_to != "none":
@@ -240,28 +282,50 @@ def main(argv=None):
         for batch in epoch_loader:
             if global_step >= args.max_train_steps:  # resumed at (or past) the end: just finalise
                 break
-            with accelerator.accumulate(vae):
+            with accelerator.accumulate(*[m for m in (vae, discriminator) if m is not None]):
                 # Crops are drawn in the loop from a per-step generator (the loader prefetches a batch, so
                 # drawing them in the transform would make resumed runs diverge).
                 crop_generator = torch.Generator().manual_seed(args.seed * 1_000_003 + global_step)
                 x = torch.stack([random_crop(image, args.crop_size, crop_generator) for image in batch["pixel_values"]])
-                posterior = unwrapped.encode(x).latent_dist
-                latents = posterior.mode() if args.decoder_input == "mode" else posterior.sample()
-                reconstruction = unwrapped.decode(latents).sample
+                # Call the prepared model (DDP, autocast), not the unwrapped one.
+                output = vae(x, sample_posterior=args.decoder_input == "sample")
+                posterior, reconstruction = output.latent_dist, output.sample
                 mse = F.mse_loss(reconstruction, x)
                 kl = posterior.kl().mean() / posterior.mean[0].numel()  # per latent element
-                loss = mse if args.train_decoder_only else mse + args.kl_weight * kl
+                reconstruction_loss = mse
                 if args.l1_weight:
-                    loss = loss + args.l1_weight * F.l1_loss(reconstruction, x)
+                    reconstruction_loss = reconstruction_loss + args.l1_weight * F.l1_loss(reconstruction, x)
                 edge = F.l1_loss(sobel_edges(reconstruction), sobel_edges(x)) if args.edge_loss_weight else None
                 if edge is not None:
-                    loss = loss + args.edge_loss_weight * edge
+                    reconstruction_loss = reconstruction_loss + args.edge_loss_weight * edge
+                perceptual_loss = perceptual(reconstruction, x) if perceptual is not None else None
+                if perceptual_loss is not None:
+                    reconstruction_loss = reconstruction_loss + args.perceptual_weight * perceptual_loss
+                loss = reconstruction_loss if args.train_decoder_only else reconstruction_loss + args.kl_weight * kl
+                adversarial = discriminator is not None and global_step >= args.disc_start
+                g_loss = adaptive_weight = None
+                if adversarial:
+                    discriminator.requires_grad_(False)
+                    g_loss = generator_adversarial_loss(discriminator(reconstruction))
+                    adaptive_weight = adaptive_adversarial_weight(
+                        reconstruction_loss, g_loss, unwrapped.decoder.conv_out.weight)
+                    loss = loss + args.disc_weight * adaptive_weight * g_loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad()
+
+                d_loss = None
+                if adversarial:  # the discriminator's step, on the reconstructions just made
+                    discriminator.requires_grad_(True)
+                    d_loss = hinge_discriminator_loss(discriminator(x), discriminator(reconstruction.detach()))
+                    accelerator.backward(d_loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(discriminator.parameters(), args.max_grad_norm)
+                    disc_optimizer.step()
+                    disc_optimizer.zero_grad()
 
             if not accelerator.sync_gradients:
                 continue
@@ -270,8 +334,10 @@ def main(argv=None):
             global_step += 1
             progress.update(1)
             logs = last_logs = {"loss": loss.item(), "mse": mse.item(), "kl": kl.item(), "lr": lr_scheduler.get_last_lr()[0]}
-            if edge is not None:
-                logs["edge"] = edge.item()
+            for name, value in (("edge", edge), ("perceptual", perceptual_loss), ("g_loss", g_loss),
+                                ("d_loss", d_loss), ("adaptive_weight", adaptive_weight)):
+                if value is not None:
+                    logs[name] = value.item()
             progress.set_postfix(loss=f"{logs['loss']:.4f}", mse=f"{logs['mse']:.4f}")
             if args.report_to != "none":
                 accelerator.log(logs, step=global_step)
@@ -288,12 +354,14 @@ def main(argv=None):
                     if ema:
                         ema.restore(unwrapped.parameters())
                     last_validation = (global_step, metrics, pairs)
-                    history.log(global_step, val_psnr=metrics["psnr"], val_ssim=metrics["ssim"])
-                    accelerator.print(f"step {global_step}: val PSNR {metrics['psnr']:.2f} dB SSIM {metrics['ssim']:.4f}")
+                    history.log(global_step, val_psnr=metrics["psnr"], val_ssim=metrics["ssim"],
+                                val_sharpness_ratio=metrics["sharpness_ratio"])
+                    accelerator.print(f"step {global_step}: val PSNR {metrics['psnr']:.2f} dB SSIM {metrics['ssim']:.4f} "
+                                      f"sharpness ratio {metrics['sharpness_ratio']:.3f}")
                     from PIL import Image
                     tiles = [Image.fromarray(a) for pair in pairs for a in pair]
                     make_grid(tiles, cols=4).save(output_dir / "samples" / f"reconstructions-{global_step:06d}.png")
-                    save_loss_plot({k: v for k, v in history.history.items() if k in ("loss", "mse", "edge")},
+                    save_loss_plot({k: v for k, v in history.history.items() if k in ("loss", "mse", "edge", "perceptual", "d_loss")},
                                    output_dir / "loss.png", "VAE training loss")
             if global_step % args.checkpointing_steps == 0 and accelerator.is_main_process:
                 prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
@@ -325,7 +393,7 @@ def main(argv=None):
         from PIL import Image
         tiles = [Image.fromarray(a) for pair in pairs for a in pair]
         make_grid(tiles, cols=4).save(output_dir / "vae" / "reconstructions.png")
-        save_loss_plot({k: v for k, v in history.history.items() if k in ("loss", "mse", "edge")},
+        save_loss_plot({k: v for k, v in history.history.items() if k in ("loss", "mse", "edge", "perceptual", "d_loss")},
                        output_dir / "loss.png", "VAE training loss")
         summary = {"global_step": global_step, "scaling_factor": scaling, "validation": metrics,
                    "train_images": len(train_set), "seconds_this_run": round(time.time() - start, 1),

@@ -7,6 +7,8 @@ the two lowest resolutions (where the global layout of lungs, heart and mediasti
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -16,6 +18,18 @@ from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDis
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 
 from ..errors import CXRInputError
+
+
+@dataclass
+class CXRAutoencoderKLOutput(DecoderOutput):
+    """
+    Args:
+        sample (`torch.Tensor` of shape `(B, 1, H, W)`): the reconstruction.
+        latent_dist (`DiagonalGaussianDistribution`): the encoder's posterior that it was decoded from (what a
+            training loop needs for the KL term; calling the model itself lets Accelerate's DDP and autocast apply).
+    """
+
+    latent_dist: DiagonalGaussianDistribution | None = None
 
 
 class CXRAutoencoderKL(ModelMixin, ConfigMixin):
@@ -151,11 +165,11 @@ class CXRAutoencoderKL(ModelMixin, ConfigMixin):
         sample_posterior: bool = False,
         return_dict: bool = True,
         generator: torch.Generator | None = None,
-    ) -> DecoderOutput | tuple:
-        """Reconstruct `sample` (posterior mode unless `sample_posterior`)."""
+    ) -> CXRAutoencoderKLOutput | tuple:
+        """Reconstruct `sample` (posterior mode unless `sample_posterior`); the output also holds the posterior."""
         posterior = self.encode(sample).latent_dist
         z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
         decoded = self.decode(z).sample
         if not return_dict:
             return (decoded,)
-        return DecoderOutput(sample=decoded)
+        return CXRAutoencoderKLOutput(sample=decoded, latent_dist=posterior)
