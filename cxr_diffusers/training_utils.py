@@ -57,6 +57,20 @@ def check_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, *n
             parser.error(f"--{name} must be positive, got {value}")
 
 
+def check_output_dirs(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
+    """`parser.error` (one line, before any model loads) unless each named folder flag can be created and written."""
+    from .utils.output_dir import check_writable_dir
+
+    for name in names:
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        try:
+            check_writable_dir(value, f"--{name}")
+        except CXRInputError as error:
+            parser.error(str(error))
+
+
 # ----------------------------------------------------------------------------------------------------- data
 def load_training_dataset(train_data_dir: str | None = None, dataset_name: str | None = None, split: str = "train"):
     """

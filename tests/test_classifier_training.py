@@ -79,7 +79,7 @@ def test_short_run_writes_model_metrics_plots_and_card(tiny_run):
     assert "Not for clinical use" in card and "trained from scratch" in card and "| auroc |" in card
     assert [p.name for p in sorted(tiny_run.glob("checkpoint-*"))] == ["checkpoint-3", "checkpoint-6"]
     assert (tiny_run / "checkpoint-6" / "model" / "model.safetensors").is_file()
-    assert (tiny_run / "checkpoint-6" / "ema.pt").is_file()  # tiny.json sets use_ema
+    assert (tiny_run / "checkpoint-6" / "ema.safetensors").is_file()  # tiny.json sets use_ema
     assert json.loads((tiny_run / "best" / "best.json").read_text())["step"] == metrics["validation_best"]["step"]
     result = pipeline("image-classification", model=str(model_dir))(str(next(FIXTURES_DIR.glob("nih/*.png"))))
     assert {r["label"] for r in result} == {"NORMAL", "PNEUMONIA"}
@@ -119,3 +119,22 @@ def test_early_stopping_follows_validation_auroc(script, data_args, tmp_path):
     assert metrics["validation_best"]["step"] == best_step
     assert metrics["training"]["stopped_early"] == (stop_step is not None)
     assert metrics["training"]["global_step"] == (stop_step or 6) == validations[-1]["step"]
+
+
+def test_final_model_dir_is_never_deleted_without_overwrite(script, data_args, tmp_path, capsys):
+    """A non-empty --final_model_dir is refused before training; with --overwrite it is replaced only when complete."""
+    final = tmp_path / "shipped"
+    final.mkdir()
+    (final / "README.md").write_text("my card")
+    base = ["--config", TINY, *data_args, "--output_dir", str(tmp_path / "run"), "--final_model_dir", str(final)]
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(base)
+    assert exit_info.value.code == 2 and "is not empty; pass --overwrite" in capsys.readouterr().err
+    assert (final / "README.md").read_text() == "my card"
+    with pytest.raises(SystemExit):  # the run's own output folder (checkpoints) is an input, even with --overwrite
+        script.parse_args([*base[:-1], str(tmp_path), "--overwrite"])
+    assert "an input of this run" in capsys.readouterr().err
+    script.main([*base, "--overwrite", "--max_train_steps", "2", "--checkpointing_steps", "2"])
+    assert (final / "model.safetensors").is_file() and "my card" not in (final / "README.md").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".shipped.")]
+    assert not list((tmp_path / "run").rglob("*.pt"))  # checkpoints hold no pickles (EMA in safetensors)

@@ -57,3 +57,37 @@ def test_export_refuses_a_vae_from_another_latent_space(trained, tmp_path):
     vae.save_pretrained(tmp_path / "other-vae")
     result = run("--pipeline", trained, "--vae", tmp_path / "other-vae", "--output_dir", tmp_path / "export")
     assert result.returncode == 2 and "not the same latent space" in result.stderr
+
+
+def test_export_never_deletes_files_it_was_not_told_to_replace(trained, tmp_path):
+    out = tmp_path / "existing"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = run("--pipeline", trained, "--output_dir", out)
+    assert result.returncode == 2 and "is not empty; pass --overwrite" in result.stderr
+    assert (out / "notes.txt").read_text() == "mine"
+    # the source of the export itself, even with --overwrite (this deleted the bundled model's card before)
+    for target in (trained, trained.parent):
+        result = run("--pipeline", trained, "--output_dir", target, "--overwrite")
+        assert result.returncode == 2 and "an input of this run" in result.stderr
+    assert (trained / "README.md").read_text() == "card"
+    # --overwrite replaces the folder as a whole, once the new export is complete
+    result = run("--pipeline", trained, "--output_dir", out, "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert not (out / "notes.txt").exists() and (out / "model_index.json").is_file()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".existing.")]  # no staging left behind
+
+
+def test_export_failure_leaves_the_old_folder_untouched(trained, tmp_path):
+    out = tmp_path / "existing"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = run("--pipeline", tmp_path / "missing", "--output_dir", out, "--overwrite")
+    assert result.returncode == 2 and "error" in result.stderr and "Traceback" not in result.stderr
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_export_refuses_an_unwritable_output_dir(trained, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    result = run("--pipeline", trained, "--output_dir", tmp_path / "a-file" / "sub")
+    assert result.returncode == 2 and "is a file, not a folder" in result.stderr

@@ -6,7 +6,8 @@ to fp16 safetensors, and write it in Hub repo layout.
         --output_dir pretrained/cxr-ldm-small --dtype fp16
 
 fp16 halves the download; `CXRPipeline.from_pretrained` loads it back in fp32 on the CPU (pass `torch_dtype` to
-keep fp16 on a GPU).
+keep fp16 on a GPU). A non-empty `--output_dir` is replaced only with `--overwrite`, never when it is (or contains) the
+pipeline or VAE being exported, and only once the new folder is complete.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from cxr_diffusers import CXRAutoencoderKL, CXRPipeline
+from cxr_diffusers import CXRAutoencoderKL, CXRInputError, CXRPipeline
 from cxr_diffusers.schedulers import LATENT_SCHEDULER_DEFAULTS
+from cxr_diffusers.utils.output_dir import check_output_dir, staged_output_dir
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -30,14 +32,18 @@ def main(argv=None) -> int:
     parser.add_argument("--pipeline", required=True, help="trained pipeline folder (train_ldm.py output)")
     parser.add_argument("--vae", default=None, help="replace the VAE (must share the encoder's latent space)")
     parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
     parser.add_argument("--dtype", default="fp16", choices=sorted(DTYPES))
     parser.add_argument("--copy", nargs="*", default=["README.md", "samples.png", "training_summary.json"],
                         help="files of the pipeline folder copied alongside the weights")
     args = parser.parse_args(argv)
-
-    pipe = CXRPipeline.from_pretrained(args.pipeline)
-    if args.vae:
-        vae = CXRAutoencoderKL.from_pretrained(args.vae)
+    try:
+        out = check_output_dir(args.output_dir, overwrite=args.overwrite, protected=(args.pipeline, args.vae))
+        pipe = CXRPipeline.from_pretrained(args.pipeline)
+        vae = CXRAutoencoderKL.from_pretrained(args.vae) if args.vae else None
+    except CXRInputError as error:
+        parser.error(str(error))
+    if vae is not None:
         if vae.config.scaling_factor != pipe.vae.config.scaling_factor:
             parser.error(f"--vae has scaling_factor {vae.config.scaling_factor}, the pipeline "
                          f"{pipe.vae.config.scaling_factor}: it is not the same latent space")
@@ -47,16 +53,14 @@ def main(argv=None) -> int:
     scheduler = type(pipe.scheduler).from_config({**pipe.scheduler.config, **LATENT_SCHEDULER_DEFAULTS})
     pipe.scheduler = scheduler
     pipe.register_modules(scheduler=scheduler)
-    out = Path(args.output_dir)
-    if out.exists():
-        shutil.rmtree(out)
     for module in (pipe.vae, pipe.unet, pipe.text_encoder):
         module.to(DTYPES[args.dtype])
-    pipe.save_pretrained(out, safe_serialization=True)
-    for name in args.copy:
-        source = Path(args.pipeline) / name
-        if source.is_file():
-            shutil.copy(source, out / name)
+    with staged_output_dir(out) as staging:
+        pipe.save_pretrained(staging, safe_serialization=True)
+        for name in args.copy:
+            source = Path(args.pipeline) / name
+            if source.is_file():
+                shutil.copy(source, staging / name)
     sizes = {p.relative_to(out).as_posix(): p.stat().st_size for p in out.rglob("*") if p.is_file()}
     total = sum(sizes.values()) / 2**20
     print(json.dumps({"output_dir": str(out), "total_mb": round(total, 1),

@@ -49,6 +49,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from cxr_diffusers.classification import (
@@ -73,9 +74,11 @@ from cxr_diffusers.classification.data import collate
 from cxr_diffusers.classification.metrics import METRICS
 from cxr_diffusers.errors import CXRInputError, DataError
 from cxr_diffusers.hub import DATA_CITATIONS, push_folder, save_model_card
+from cxr_diffusers.utils.output_dir import check_output_dir, staged_output_dir
 from cxr_diffusers.training_utils import (
     JsonlLogger,
     apply_config_file,
+    check_output_dirs,
     check_positive,
     checkpoint_step,
     prune_checkpoints,
@@ -159,6 +162,8 @@ def parse_args(argv=None):
     parser.add_argument("--final_model_dir", default=None,
                         help="where the final model folder goes (default <output_dir>/model), e.g. "
                              "pretrained/pneumonia-classifier")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --final_model_dir (it is only replaced once the new model is complete)")
     parser.add_argument("--logging_dir", default="logs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
@@ -196,6 +201,13 @@ def parse_args(argv=None):
         parser.error("--seeds must not repeat a seed")
     if args.seeds is not None and args.final_model_dir:
         parser.error("--final_model_dir cannot be combined with --seeds (each seed writes <output_dir>/seed-<s>/model)")
+    check_output_dirs(parser, args, "output_dir")
+    if args.final_model_dir:  # checked now, not after hours of training
+        try:
+            check_output_dir(args.final_model_dir, overwrite=args.overwrite, flag="--final_model_dir",
+                             protected=(args.train_data_dir, args.output_dir, args.synthetic_data_dir))
+        except CXRInputError as err:
+            parser.error(str(err))
     return args
 
 
@@ -359,7 +371,9 @@ def train_one(args, seed: int, output_dir: Path) -> dict:
             unwrapped.save_pretrained(os.path.join(ckpt_dir, "model"), safe_serialization=True)
             processor.save_pretrained(os.path.join(ckpt_dir, "model"))
             if ema:
-                torch.save(ema.state_dict(), os.path.join(ckpt_dir, "ema.pt"))  # AveragedModel: module + n_averaged
+                # AveragedModel: module + n_averaged; safetensors, never pickle
+                save_file({k: v.contiguous() for k, v in ema.state_dict().items()},
+                          os.path.join(ckpt_dir, "ema.safetensors"))
             Path(ckpt_dir, "trainer_state.json").write_text(json.dumps(state, indent=2))
             if (output_dir / "best").is_dir():  # self-contained: the best model so far travels with the checkpoint
                 shutil.copytree(output_dir / "best", os.path.join(ckpt_dir, "best"), dirs_exist_ok=True)
@@ -371,7 +385,7 @@ def train_one(args, seed: int, output_dir: Path) -> dict:
         unwrapped.load_state_dict(loaded.state_dict())
         del loaded
         if ema:
-            ema.load_state_dict(torch.load(os.path.join(ckpt_dir, "ema.pt"), map_location=accelerator.device))
+            ema.load_state_dict(load_file(os.path.join(ckpt_dir, "ema.safetensors"), device=str(accelerator.device)))
         state.update(json.loads(Path(ckpt_dir, "trainer_state.json").read_text()))
         if accelerator.is_main_process and Path(ckpt_dir, "best").is_dir():  # the best as of this checkpoint
             shutil.rmtree(output_dir / "best", ignore_errors=True)
@@ -494,9 +508,18 @@ def train_one(args, seed: int, output_dir: Path) -> dict:
 def finish(args, seed, output_dir, splits, data_info, counts, weights, init, state, global_step, max_train_steps,
            seconds, accelerator, history) -> dict:
     """Best model -> <output_dir>/model (final dtype), test metrics with CIs, plots, metrics.json, model card."""
-    model_dir = Path(args.final_model_dir) if args.final_model_dir else output_dir / "model"
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
+    final_dir = Path(args.final_model_dir) if args.final_model_dir else output_dir / "model"
+    with staged_output_dir(final_dir) as model_dir:  # the old folder is replaced only once this one is complete
+        metrics = _write_final_model(args, seed, output_dir, model_dir, str(final_dir), splits, data_info, counts,
+                                     weights, init, state, global_step, max_train_steps, seconds, accelerator, history)
+    shutil.copy(final_dir / "metrics.json", output_dir / "metrics.json")
+    if args.push_to_hub:
+        push_folder(final_dir, args.hub_model_id)
+    return metrics
+
+
+def _write_final_model(args, seed, output_dir, model_dir, location, splits, data_info, counts, weights, init, state,
+                       global_step, max_train_steps, seconds, accelerator, history) -> dict:
     best, processor = load_classifier(output_dir / "best")
     save_classifier(best, processor, model_dir, dtype=args.final_dtype)
     model, _ = load_classifier(model_dir, device=str(accelerator.device))  # exactly what users will load
@@ -534,12 +557,9 @@ def finish(args, seed, output_dir, splits, data_info, counts, weights, init, sta
         "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))},
     }
     (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    shutil.copy(model_dir / "metrics.json", output_dir / "metrics.json")
-    write_card(args, model_dir, metrics)
+    write_card(args, model_dir, metrics, location)
     lines = [f"{m:12s} {v['value']:.4f} [{v['ci_low']:.4f}, {v['ci_high']:.4f}]" for m, v in test["metrics"].items()]
     accelerator.print(f"Test ({test['n']} images, seed {seed}):\n" + "\n".join(lines))
-    if args.push_to_hub:
-        push_folder(model_dir, args.hub_model_id)
     return metrics
 
 
@@ -550,7 +570,7 @@ def metric_table(test: dict) -> str:
     return "\n".join(rows)
 
 
-def write_card(args, model_dir: Path, metrics: dict) -> None:
+def write_card(args, model_dir: Path, metrics: dict, location: str) -> None:
     data, model, training, test = metrics["data"], metrics["model"], metrics["training"], metrics["test"]
     citations = [DATA_CITATIONS["kermany"]]
     baseline = ""
@@ -584,7 +604,7 @@ def write_card(args, model_dir: Path, metrics: dict) -> None:
         metrics_table=metric_table(test), n_bootstrap=test["n_bootstrap"],
         confusion=f"TN {test['confusion_matrix'][0][0]}, FP {test['confusion_matrix'][0][1]}, "
                   f"FN {test['confusion_matrix'][1][0]}, TP {test['confusion_matrix'][1][1]}",
-        baseline=baseline, repo_id=args.hub_model_id or str(model_dir),
+        baseline=baseline, repo_id=args.hub_model_id or location,
         citations="\n".join(f"- {c}" for c in citations),
     )
 
