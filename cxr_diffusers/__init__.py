@@ -24,6 +24,7 @@ _EXPORTS = {
     "CXRInputError": "errors",
     "DataError": "errors",
     "ModelLoadingError": "errors",
+    "SamplingError": "errors",
     "NOT_FOR_CLINICAL_USE": "provenance",
     "read_provenance": "provenance",
 }
@@ -45,7 +46,7 @@ def __dir__():
 
 if TYPE_CHECKING:  # pragma: no cover
     from .configs import MODEL_CONFIGS, create_components, get_model_config
-    from .errors import CXRInputError, DataError, ModelLoadingError
+    from .errors import CXRInputError, DataError, ModelLoadingError, SamplingError
     from .models import CXRAutoencoderKL, CXRPatchDiscriminator, CXRTextEncoder, CXRUNet2DConditionModel
     from .pipelines import CXRPipeline, CXRPipelineOutput
     from .provenance import NOT_FOR_CLINICAL_USE, read_provenance

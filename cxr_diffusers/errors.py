@@ -15,3 +15,7 @@ class ModelLoadingError(CXRInputError):
 
 class DataError(CXRInputError):
     """A dataset root, CSV file, column or image is missing or unreadable."""
+
+
+class SamplingError(CXRInputError):
+    """Sampling diverged (non-finite latents), usually because of the settings it was asked for."""

@@ -43,6 +43,8 @@ def default_scheduler(prediction_type: str = "epsilon") -> DPMSolverMultistepSch
 
 def scheduler_from_name(name: str, config) -> object:
     """Instantiate the scheduler called `name` (see `SCHEDULERS`) from another scheduler's config."""
+    if not isinstance(name, str):
+        raise CXRInputError(f"The scheduler name must be a string, one of {', '.join(SCHEDULERS)}; got {name!r}.")
     key = name.lower()
     if key not in SCHEDULERS:
         close = difflib.get_close_matches(key, SCHEDULERS, n=1)

@@ -11,7 +11,9 @@ metadata (see `cxr_diffusers.provenance`).
 from __future__ import annotations
 
 import inspect
+import logging
 import math
+import numbers
 import os
 import re
 from dataclasses import dataclass
@@ -28,13 +30,31 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 # The custom components must be importable under the module paths stored in model_index.json.
-from ..errors import CXRInputError, ModelLoadingError
+from ..errors import CXRInputError, ModelLoadingError, SamplingError
 from ..models.autoencoder_cxr import CXRAutoencoderKL
 from ..models.text_encoder_cxr import CXRTextEncoder
 from ..models.unet_cxr import CXRUNet2DConditionModel
 from ..provenance import attach_provenance, make_record
 
 OUTPUT_TYPES = ("pil", "np", "pt")
+
+# Resource limits of one call, as the app has them: beyond these a request would run out of memory or time rather
+# than fail clearly. Larger datasets: several calls, or `cxr-diffusers synthesize`.
+MAX_IMAGE_SIDE = 1024
+MAX_IMAGES_PER_CALL = 64
+# Classifier-free guidance far beyond this only amplifies the difference of two predictions until it overflows.
+MAX_GUIDANCE_SCALE = 30.0
+
+logger = logging.getLogger(__name__)
+
+
+def _as_int(value, name: str) -> int:
+    """`value` as a Python int if it is an integer of any kind (int, numpy integer, 0-d integer tensor)."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_floating_point() and value.dtype != torch.bool:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise CXRInputError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
 
 
 @dataclass
@@ -150,30 +170,46 @@ class CXRPipeline(DiffusionPipeline):
                 raise CXRInputError(
                     f"negative_prompt has {len(negatives)} entries but prompt has {len(prompts)}; give one per prompt."
                 )
-        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+        if _as_int(num_images_per_prompt, "num_images_per_prompt") < 1:
             raise CXRInputError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}.")
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        if _as_int(num_inference_steps, "num_inference_steps") < 1:
             raise CXRInputError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
         if num_inference_steps > self.scheduler.config.num_train_timesteps:
             raise CXRInputError(
                 f"num_inference_steps ({num_inference_steps}) cannot exceed the {self.scheduler.config.num_train_timesteps} "
                 "training timesteps."
             )
-        try:
-            guidance = float(guidance_scale)
-        except (TypeError, ValueError):
-            raise CXRInputError(f"guidance_scale must be a number, got {guidance_scale!r}.") from None
-        if not math.isfinite(guidance) or guidance < 0:
-            raise CXRInputError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}.")
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
+            raise CXRInputError(f"guidance_scale must be a number, got {guidance_scale!r}.")
+        guidance = float(guidance_scale)
+        if not math.isfinite(guidance) or not 0 <= guidance <= MAX_GUIDANCE_SCALE:
+            raise CXRInputError(
+                f"guidance_scale must be a number between 0 and {MAX_GUIDANCE_SCALE:g} (typically 1.5-7), "
+                f"got {guidance_scale!r}."
+            )
         multiple = self.size_multiple
         for name, value in (("height", height), ("width", width)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % multiple:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0 or value % multiple:
                 raise CXRInputError(
                     f"{name}={value!r} is not supported: use a positive multiple of {multiple} such as 256, 512 or 768."
                 )
+            if value > MAX_IMAGE_SIDE:
+                raise CXRInputError(f"{name}={value} exceeds the largest supported side of {MAX_IMAGE_SIDE} px.")
         if output_type not in OUTPUT_TYPES and output_type != "latent":
             raise CXRInputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)} or 'latent', got {output_type!r}.")
-        batch = len(prompts) * num_images_per_prompt
+        batch = len(prompts) * int(num_images_per_prompt)
+        if batch > MAX_IMAGES_PER_CALL:
+            raise CXRInputError(
+                f"{batch} images in one call exceed the limit of {MAX_IMAGES_PER_CALL}; generate them in several calls "
+                "(or with `cxr-diffusers synthesize`)."
+            )
+        generators = generator if isinstance(generator, list) else [generator]
+        for g in generators:
+            if g is not None and not isinstance(g, torch.Generator):
+                raise CXRInputError(
+                    f"generator must be a torch.Generator (or a list of them), got {type(g).__name__}; "
+                    "for a seed use generator=torch.Generator().manual_seed(seed)."
+                )
         if isinstance(generator, list) and len(generator) != batch:
             raise CXRInputError(
                 f"{len(generator)} generators were given for {batch} images "
@@ -181,8 +217,12 @@ class CXRPipeline(DiffusionPipeline):
             )
         if latents is not None:
             expected = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+            if not isinstance(latents, torch.Tensor):
+                raise CXRInputError(f"latents must be a torch.Tensor, got {type(latents).__name__}.")
             if tuple(latents.shape) != expected:
                 raise CXRInputError(f"latents must have shape {expected}, got {tuple(latents.shape)}.")
+            if not torch.isfinite(latents).all():
+                raise CXRInputError("latents contain NaN or infinite values; pass finite initial noise.")
         unknown = set(callback_on_step_end_tensor_inputs or ()) - set(self._callback_tensor_inputs)
         if unknown:
             raise CXRInputError(
@@ -213,6 +253,26 @@ class CXRPipeline(DiffusionPipeline):
         embeds = output.last_hidden_state.repeat_interleave(num_images_per_prompt, dim=0)
         mask = output.attention_mask.repeat_interleave(num_images_per_prompt, dim=0)
         return embeds, mask
+
+    def prompts_as_seen(self, prompts: list[str]) -> list[str | None]:
+        """
+        For each prompt, the text the encoder sees when the tokenizer cuts it to `max_text_length` tokens (with a
+        warning), or None when it is seen whole.
+        """
+        limit = min(self.max_text_length, self.tokenizer.model_max_length)
+        seen: list[str | None] = []
+        for text in prompts:
+            ids = self.tokenizer(text, truncation=False, add_special_tokens=True)["input_ids"]
+            if len(ids) <= limit:
+                seen.append(None)
+                continue
+            kept = self.tokenizer(text, truncation=True, max_length=limit)["input_ids"]
+            visible = self.tokenizer.decode(kept, skip_special_tokens=True)
+            logger.warning(
+                "The prompt has %d tokens; the text encoder sees only the first %d: %r", len(ids), limit, visible
+            )
+            seen.append(visible)
+        return seen
 
     # ------------------------------------------------------------------ latents
     def prepare_latents(self, batch, height, width, dtype, device, generator, latents=None) -> torch.Tensor:
@@ -282,7 +342,11 @@ class CXRPipeline(DiffusionPipeline):
             generator,
             callback_on_step_end_tensor_inputs,
         )
+        num_inference_steps = int(num_inference_steps)
+        num_images_per_prompt = int(num_images_per_prompt)
+        height, width = int(height), int(width)
         enhancer = self._resolve_enhancement(enhancement)
+        prompts_seen = self.prompts_as_seen(prompts)
         device = self._execution_device
         batch = len(prompts) * num_images_per_prompt
         do_cfg = guidance_scale > 1.0
@@ -300,6 +364,12 @@ class CXRPipeline(DiffusionPipeline):
         # 2. timesteps and initial noise
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
+        if "Multistep" in type(self.scheduler).__name__ and len(torch.unique(timesteps)) < len(timesteps):
+            # a repeated timestep is a zero-length step, which these solvers divide by (NaN latents, black images)
+            raise CXRInputError(
+                f"{type(self.scheduler).__name__} cannot take {num_inference_steps} steps: its timesteps would repeat; "
+                f"use fewer steps (10-50 is plenty) or DDIM."
+            )
         latents = self.prepare_latents(batch, height, width, prompt_embeds.dtype, device, generator, latents)
         # Stochastic schedulers (DDPM, ancestral samplers) draw their noise from the same generator.
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
@@ -319,6 +389,7 @@ class CXRPipeline(DiffusionPipeline):
                     noise_uncond, noise_text = noise_pred.chunk(2)
                     noise_pred = noise_uncond + guidance_scale * (noise_text - noise_uncond)
                 latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
+                self._check_finite(latents, step, len(timesteps), guidance_scale)
 
                 if callback_on_step_end is not None:
                     available = {
@@ -331,6 +402,7 @@ class CXRPipeline(DiffusionPipeline):
                     latents = returned.get("latents", latents)
                     prompt_embeds = returned.get("prompt_embeds", prompt_embeds)
                     negative_prompt_embeds = returned.get("negative_prompt_embeds", negative_prompt_embeds)
+                    self._check_finite(latents, step, len(timesteps), guidance_scale, after="callback_on_step_end")
                 progress.update()
 
         # 4. decode and post-process
@@ -338,18 +410,31 @@ class CXRPipeline(DiffusionPipeline):
             images = latents
         else:
             images = self.decode_latents(latents)
+            if not torch.isfinite(images).all():
+                raise SamplingError("The VAE decoded non-finite pixel values; the image would be black.")
             if enhancer is not None:
                 images = self._apply_enhancement(images, enhancer)
             images = self._to_output_type(images, output_type)
             if output_type == "pil":
                 self._attach_provenance(
                     images, prompts, negative_prompt, num_images_per_prompt, generator,
-                    num_inference_steps, guidance_scale, height, width, enhancer,
+                    num_inference_steps, guidance_scale, height, width, enhancer, prompts_seen,
                 )
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
         return CXRPipelineOutput(images=images)
+
+    def _check_finite(self, latents: torch.Tensor, step: int, num_steps: int, guidance_scale: float,
+                      after: str = "the scheduler step") -> None:
+        """Raise a clear error as soon as sampling diverges (it would otherwise return black images)."""
+        if torch.isfinite(latents).all():
+            return
+        raise SamplingError(
+            f"Sampling diverged: the latents became NaN or infinite after {after} at step {step + 1} of {num_steps} "
+            f"({type(self.scheduler).__name__}, guidance_scale={float(guidance_scale):g}); use fewer steps (10-50 for "
+            "DPM-Solver++ or UniPC), a lower guidance scale, or DDIM."
+        )
 
     # ------------------------------------------------------------------ post-processing
     @staticmethod
@@ -385,7 +470,8 @@ class CXRPipeline(DiffusionPipeline):
         return [PIL.Image.fromarray((a[..., 0] * 255).round().astype(np.uint8), mode="L") for a in array]
 
     def _attach_provenance(
-        self, images, prompts, negative_prompt, per_prompt, generator, steps, guidance, height, width, enhancer
+        self, images, prompts, negative_prompt, per_prompt, generator, steps, guidance, height, width, enhancer,
+        prompts_seen,
     ) -> None:
         generators = generator if isinstance(generator, list) else [generator] * len(images)
         negatives = (
@@ -397,6 +483,7 @@ class CXRPipeline(DiffusionPipeline):
             g = generators[i]
             record = make_record(
                 prompt=prompts[i // per_prompt],
+                **({"prompt_seen_by_model": prompts_seen[i // per_prompt]} if prompts_seen[i // per_prompt] else {}),
                 negative_prompt=negatives[i // per_prompt],
                 seed=int(g.initial_seed()) if isinstance(g, torch.Generator) else None,
                 index_in_batch=i if not isinstance(generator, list) else 0,
