@@ -13,6 +13,10 @@ and returns the same kind: PIL in -> PIL out in the same mode, array in -> array
 Colour input (RGB/RGBA/P/LA PIL images, (H, W, 3) or (H, W, 4) RGB(A) arrays) is converted to luminance with a
 `GrayscaleConversionWarning` and comes back grayscale (mode ``L`` / shape (H, W)). All pixel work is done by
 OpenCV, scikit-image/scipy or vectorised numpy; intensities never leave the input's range.
+
+A PIL image with a provenance record (a synthetic X-ray) gives a result whose record is derived from it (operation
+``"enhance"``, the pipeline as ``enhancement``; see `cxr_diffusers.provenance.derive_provenance`), so that a saved
+result stays tagged. Untagged (real) images give untagged results.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import CXRInputError
+from .provenance import derive_provenance
 
 __all__ = [
     "PRESETS",
@@ -615,7 +620,10 @@ class EnhancementPipeline:
         a = gray.array
         for name, params in self._steps:
             a = _OPS[name].apply(a, gray.scale, **params)
-        return gray.restore(a)
+        result = gray.restore(a)
+        if isinstance(image, Image.Image) and isinstance(result, Image.Image):
+            derive_provenance(result, image, "enhance", enhancement=self.to_dict())
+        return result
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable description: ``{"name": ..., "steps": [{"name": ..., "params": {...}}, ...]}``."""

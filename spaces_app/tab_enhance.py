@@ -1,5 +1,10 @@
 """Enhancement comparison tab: one X-ray raw and with every preset side by side, a custom preset built with sliders
-for every operation, and the per-image quality metrics of each version."""
+for every operation, and the per-image quality metrics of each version.
+
+A synthetic input (one sent from the Generate tab, or an uploaded tagged PNG) keeps its provenance record through
+`ui.open_xray`; every version offered for download carries a record derived from it (operation "enhance", and
+"resize" when a large image is compared smaller), written into the PNG by `ui.save_png`. Real inputs stay untagged.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ import pandas as pd
 from PIL import Image
 from state import AppState
 from ui import CheckedSlider, XrayImage, fmt, require_image, save_png, xray_image
+
+from cxr_diffusers.provenance import derive_provenance
 
 #: Images larger than this (longer side) are compared at this size, so that 6 versions stay quick on a CPU.
 COMPARE_SIDE = 1024
@@ -75,8 +82,10 @@ def _prepare(image: Image.Image | None) -> Image.Image:
     image = require_image(image)
     if max(image.size) > COMPARE_SIDE:
         gr.Info(f"The {image.size[0]}x{image.size[1]} image is compared at {COMPARE_SIDE} pixels on its longer side.")
+        source = image
         image = image.copy()
         image.thumbnail((COMPARE_SIDE, COMPARE_SIDE), Image.Resampling.LANCZOS)
+        derive_provenance(image, source, "resize", size=list(image.size), resample="lanczos")
     return image
 
 

@@ -20,6 +20,12 @@ import gradio as gr
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cxr_diffusers.provenance import (
+    attach_provenance,
+    derive_provenance,
+    read_provenance,
+)
+
 #: Largest accepted side of an uploaded image, in pixels (the pipeline works at 256-768).
 MAX_IMAGE_SIDE = int(os.environ.get("CXR_APP_MAX_IMAGE_SIDE", "4096"))
 #: Smallest accepted side of an uploaded image (PneumoniaMNIST is 28 px).
@@ -108,10 +114,20 @@ def to_grayscale_8bit(image: Image.Image) -> tuple[Image.Image, str | None]:
     return image.convert("L"), note
 
 
+def _provenance_of(image: Image.Image) -> dict | None:
+    """The provenance record of a decoded upload, or None (also for an unreadable record: nothing is invented)."""
+    try:
+        return read_provenance(image)
+    except ValueError:
+        return None
+
+
 def open_xray(path: str | os.PathLike, name: str | None = None, max_side: int = MAX_IMAGE_SIDE) -> Image.Image:
     """Decode an uploaded file into an 8-bit grayscale PIL image (conversion note in `image.info[NOTE_KEY]`).
 
-    Raises `gr.Error` with one sentence for a missing, non-image, corrupt, too small or too large file.
+    A synthetic image keeps its provenance record (the same record, or one derived from it when the image was
+    converted), so that what the app makes from it stays tagged. Raises `gr.Error` with one sentence for a missing,
+    non-image, corrupt, too small or too large file.
     """
     label = name or Path(path).name
     if not Path(path).is_file():
@@ -125,6 +141,7 @@ def open_xray(path: str | os.PathLike, name: str | None = None, max_side: int = 
                     f"The image is {width}x{height} pixels; upload one at most {max_side} pixels on a side."
                 )
             opened.load()
+            record = _provenance_of(opened)
             image = ImageOps.exif_transpose(opened) or opened.copy()
             image = image.copy()
     except gr.Error:
@@ -145,6 +162,10 @@ def open_xray(path: str | os.PathLike, name: str | None = None, max_side: int = 
         note = ((note + " ") if note else "") + f"Only the first of its {frames} frames is used."
     gray = gray.copy()
     gray.info = {NOTE_KEY: note} if note else {}
+    if record is not None and note:
+        derive_provenance(gray, record, "convert_to_grayscale", note=note)
+    elif record is not None:
+        attach_provenance(gray, record)
     return gray
 
 
@@ -238,7 +259,8 @@ def save_png(image: Image.Image, folder: Path, name: str) -> str:
 
     Image outputs are returned as files written once under a fresh folder per request: gradio copies a file into its
     cache atomically, whereas a PIL image is re-encoded into a content-addressed path that is rewritten in place when
-    two outputs are identical, which a browser fetching it at that moment sees as a truncated file.
+    two outputs are identical, which a browser fetching it at that moment sees as a truncated file. An image with a
+    provenance record is written with it (the save hook of `cxr_diffusers.provenance`, imported by this module).
     """
     path = Path(folder) / f"{name}.png"
     image.save(path, format="PNG")

@@ -5,7 +5,9 @@
     cxr-diffusers enhance a.png --compare -o out/                             # out/a_compare.png: original + presets
 
 Outputs are PNGs with the input's bit depth (8 or 16 bit); colour inputs are converted to grayscale. The pipeline
-that made each file is stored as JSON in its PNG text chunk ``cxr_diffusers.enhancement``.
+that made each file is stored as JSON in its PNG text chunk ``cxr_diffusers.enhancement``. An input with a
+provenance record (a synthetic X-ray) gives outputs whose record is derived from it (``operation`` "enhance" or
+"enhance_compare", ``derived_from`` = the input's record, the enhancement parameters); a real input stays untagged.
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ def _compare_grid(original, enhanced: dict[str, Any]):
 
 def run(args: argparse.Namespace) -> int:
     from ..enhancement import PRESETS, get_preset
+    from ..provenance import derive_provenance
 
     if args.preset is None:
         presets = [] if args.compare else ["balanced"]
@@ -151,19 +154,25 @@ def run(args: argparse.Namespace) -> int:
         results = {name: pipe(image) for name, pipe in pipelines.items()}
         for name in presets:
             target = out_dir / f"{path.stem}_{name}.png"
+            config = pipelines[name].to_dict()
+            derive_provenance(results[name], image, "enhance", enhancement=config, source=path.name)
             _save(
                 results[name],
                 target,
                 {
                     "Software": "cxr-diffusers enhance",
                     "Source": path.name,
-                    "cxr_diffusers.enhancement": json.dumps(pipelines[name].to_dict()),
+                    "cxr_diffusers.enhancement": json.dumps(config),
                 },
             )
             print(target)
         if args.compare:
             target = out_dir / f"{path.stem}_compare.png"
             grid = _compare_grid(image, {name: results[name] for name in PRESETS})
+            derive_provenance(
+                grid, image, "enhance_compare", panels=["original", *PRESETS],
+                enhancements={name: pipelines[name].to_dict() for name in PRESETS}, source=path.name,
+            )
             _save(
                 grid,
                 target,

@@ -1,4 +1,8 @@
-"""Plots and files of an evaluation run: metrics.json, intensity histograms, metric bars and image grids."""
+"""Plots and files of an evaluation run: metrics.json, intensity histograms, metric bars and image grids.
+
+Image grids that show generated images carry a provenance record (see `cxr_diffusers.provenance`); the plots of
+statistics (histograms, bars) show no images and carry none.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..provenance import PROVENANCE_KEY, attach_provenance, make_record, read_provenance
 from .distribution import images_to_tensor
 
 __all__ = [
@@ -109,24 +114,50 @@ def plot_metric_bars(groups: dict[str, dict[str, float]], path: str | Path, titl
     return path
 
 
-def _pil_tiles(images: Any, n: int, tile: int):
+def _pil_tiles(images: Any, n: int, tile: int, records: list[dict[str, Any] | None] | None = None):
+    """Up to `n` 8-bit tiles of `images`, each with the provenance record of its source: `records[i]`, else that of
+    a tagged PIL source image."""
     from PIL import Image
 
     x = images_to_tensor(images if not isinstance(images, list) else images[:n], tile)[:n]
-    return [Image.fromarray((a[0].numpy() * 255).round().astype(np.uint8), mode="L") for a in x]
+    tiles = [Image.fromarray((a[0].numpy() * 255).round().astype(np.uint8), mode="L") for a in x]
+    for i, tile_image in enumerate(tiles):
+        record = records[i] if records is not None and i < len(records) else None
+        if record is None and isinstance(images, list) and isinstance(images[i], Image.Image):
+            record = read_provenance(images[i])
+        if record is not None:
+            attach_provenance(tile_image, record)
+    return tiles
 
 
 def save_real_vs_generated_grid(
-    real: Any, generated: dict[str, Any], path: str | Path, n: int = 8, tile: int = 128
+    real: Any,
+    generated: dict[str, Any],
+    path: str | Path,
+    n: int = 8,
+    tile: int = 128,
+    records: dict[str, list[dict[str, Any]]] | None = None,
 ) -> Path:
-    """Rows of `n` images: the first row real, then one row per generated set (e.g. per prompt class)."""
-    from ..utils.image_grid import make_grid
+    """Rows of `n` images: the first row real, then one row per generated set (e.g. per prompt class).
 
-    rows = [("real", _pil_tiles(real, n, tile))] + [(name, _pil_tiles(images, n, tile)) for name, images in generated.items()]
-    cols = max(len(tiles) for _, tiles in rows)
-    tiles, labels = [], []
+    The grid carries a provenance record (operation "grid", one source record per tile, None for real tiles) as it
+    shows synthetic images: a generated tile's record is `records[set][i]`, else that of a tagged PIL image, else a
+    minimal one naming its set.
+    """
     from PIL import Image
 
+    from ..utils.image_grid import make_grid
+
+    records = records or {}
+    rows = [("real", _pil_tiles(real, n, tile))]
+    for name, images in generated.items():
+        tiles = _pil_tiles(images, n, tile, records.get(name))
+        for tile_image in tiles:
+            if PROVENANCE_KEY not in tile_image.info:
+                attach_provenance(tile_image, make_record(generated_set=name))
+        rows.append((name, tiles))
+    cols = max(len(tiles) for _, tiles in rows)
+    tiles, labels = [], []
     for name, row in rows:
         for i in range(cols):
             tiles.append(row[i] if i < len(row) else Image.new("L", (tile, tile)))

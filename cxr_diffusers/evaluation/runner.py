@@ -7,7 +7,8 @@
                              train_images=train.images, classifier="pretrained/pneumonia-classifier")
 
 Writes metrics.json, intensity_histograms.png, metric_bars.png, real_vs_generated.png, nearest_neighbours.png and
-generated/*.png to the output folder.
+generated/*.png to the output folder. The generated PNGs and the two image grids carry a provenance record (SYNTHETIC,
+NOT FOR CLINICAL USE; see `cxr_diffusers.provenance`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CXRInputError, DataError
+from ..provenance import attach_provenance, make_record
 from .conditioning import (
     DEFAULT_PROMPTS,
     check_classifier_labels,
@@ -211,6 +213,40 @@ def generate_images(
     return torch.cat(out), image_prompts, seeds, seconds
 
 
+def _generation_records(pipe, image_prompts: Sequence[str], seeds: Sequence[int], config: EvaluationConfig,
+                       size: tuple[int, int]) -> list[dict[str, Any]]:
+    """The provenance record of each image made by `generate_images` (as the pipeline writes for PIL outputs)."""
+    model = pipe.config.get("_name_or_path") if hasattr(pipe, "config") else None
+    return [
+        make_record(
+            prompt=prompt,
+            negative_prompt=None,
+            seed=int(seed),
+            num_inference_steps=config.num_inference_steps,
+            guidance_scale=float(config.guidance_scale),
+            height=int(size[0]),
+            width=int(size[1]),
+            scheduler=type(pipe.scheduler).__name__,
+            model=str(model) if model else None,
+            enhancement=None,
+            generated_by="cxr-diffusers evaluate",
+        )
+        for prompt, seed in zip(image_prompts, seeds)
+    ]
+
+
+def _tagged_images(images, records: Sequence[dict[str, Any]]) -> list:
+    """(N, 1, H, W) images in [0, 1] -> 8-bit PIL images, each carrying its provenance record."""
+    from PIL import Image
+
+    if len(images) != len(records):
+        raise CXRInputError(f"Got {len(images)} images but {len(records)} provenance records.")
+    return [
+        attach_provenance(Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8), mode="L"), record)
+        for image, record in zip(images, records)
+    ]
+
+
 # ------------------------------------------------------------------------------------------------- metrics
 def _stats_summary(images) -> dict[str, dict[str, float]]:
     rows = [image_statistics(a[0].numpy().astype(np.float64)) for a in images]
@@ -319,15 +355,14 @@ def run_evaluation(
         pipe, config.prompts, config.num_images_per_prompt, config.seed, config.batch_size,
         config.num_inference_steps, config.guidance_scale, size, config.progress,
     )
+    records = _generation_records(pipe, image_prompts, seeds, config, tuple(generated.shape[-2:]))
+    generated_pil = _tagged_images(generated, records)  # 8-bit PIL images with provenance, for files and grids
     if config.save_images:
-        from PIL import Image
-
         gen_dir = out_dir / "generated"
         gen_dir.mkdir(exist_ok=True)
-        for i, (image, prompt, seed) in enumerate(zip(generated, image_prompts, seeds)):
+        for i, (image, prompt, seed) in enumerate(zip(generated_pil, image_prompts, seeds)):
             name = _class_name(prompt, config.prompts).replace(" ", "")
-            Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8), mode="L").save(
-                gen_dir / f"{i:04d}_{name}_seed{seed}.png")
+            image.save(gen_dir / f"{i:04d}_{name}_seed{seed}.png")
     real = images_to_tensor(real_images, size)
     train = images_to_tensor(train_images, size) if train_images is not None and len(train_images) else None
     by_prompt = {p: generated[[i for i, q in enumerate(image_prompts) if q == p]] for p in config.prompts}
@@ -401,7 +436,7 @@ def run_evaluation(
         else:
             report = memorization_audit(generated, train, **audit_kw)
         metrics["memorization"] = {"generated_vs_train": report.summary()}
-        save_nearest_grid(report, generated, train, out_dir / "nearest_neighbours.png", k=config.grid_images)
+        save_nearest_grid(report, generated_pil, train, out_dir / "nearest_neighbours.png", k=config.grid_images)
         if config.real_vs_real:
             n = min(len(real), len(generated))
             if cos_name:
@@ -445,8 +480,10 @@ def run_evaluation(
     if "conditioning" in metrics:
         bars.setdefault("generated vs real", {})["prompt agreement [classifier]"] = metrics["conditioning"]["agreement"]
     plot_metric_bars(bars, out_dir / "metric_bars.png", title="Distribution metrics (lower FD/KID, higher P/R/D/C is better)")
+    by_class_records = {_class_name(p, config.prompts): [r for r, q in zip(records, image_prompts) if q == p]
+                        for p in config.prompts}
     save_real_vs_generated_grid(real, {_class_name(p, config.prompts): imgs for p, imgs in by_prompt.items()},
-                                out_dir / "real_vs_generated.png", n=config.grid_images)
+                                out_dir / "real_vs_generated.png", n=config.grid_images, records=by_class_records)
     metrics["notes"] = notes
     metrics["files"] = sorted(str(p.relative_to(out_dir)) for p in out_dir.glob("*.png")) + ["metrics.json"]
     write_metrics_json(metrics, out_dir / "metrics.json")
