@@ -49,8 +49,7 @@ def test_generate_same_seed_same_file(tiny_model, tmp_path):
     "argv, message",
     [
         (["-p", ""], "prompt is empty"),
-        (["-p", "x", "--steps", "0"], "num_inference_steps must be a positive integer"),
-        (["-p", "x", "--guidance", "nan"], "guidance_scale must be a finite number"),
+        (["-p", "x", "--guidance", "1e30"], "guidance_scale must be a number between 0 and 30"),
         (["-p", "x", "--height", "100"], "height=100 is not supported"),
         (["-p", "x", "--scheduler", "ddmi"], "Unknown scheduler 'ddmi'"),
         (["-p", "x", "--enhancement", "sharp"], "sharp"),
@@ -62,6 +61,54 @@ def test_generate_bad_input_is_one_line(tiny_model, tmp_path, capsys, argv, mess
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]  # earlier lines: the model-loading progress bar
     assert last.startswith("cxr-diffusers generate: error:") and message in last and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--seed", "1e20"], "the seed must be a whole number"),
+        (["--seed", "-1"], "the seed must be between 0 and 2**63 - 1"),
+        (["--seed", str(2**64)], "the seed must be between 0 and 2**63 - 1"),
+        (["--guidance", "nan"], "must be a finite number"),
+        (["--steps", "0"], "must be at least 1"),
+    ],
+)
+def test_generate_bad_flag_values_are_refused_by_the_parser(tiny_model, tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", tiny_model, "-p", "x", "-o", str(tmp_path), *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
+def test_generate_twice_into_one_folder_keeps_one_true_record_per_file(tiny_model, tmp_path):
+    """Before: the manifest was appended to while PNGs were overwritten, so each file had a NORMAL and a PNEUMONIA line."""
+    from cxr_diffusers.classification.data import read_synthetic_manifest
+
+    out = tmp_path / "gen"
+    for prompt in ("Pediatric chest radiograph. No acute cardiopulmonary abnormality.",
+                   "Pediatric chest radiograph. Findings: pneumonia."):
+        assert main(["generate", tiny_model, "-p", prompt, "-n", "2", "--steps", "2", "-o", str(out)]) == 0
+    lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(r["file"] for r in lines) == sorted(p.name for p in out.glob("cxr_*.png"))
+    assert all(r["prompt"].endswith("pneumonia.") for r in lines)
+    records = read_synthetic_manifest(out)
+    assert len(records) == 2 and {r.label for r in records} == {1}
+    for record in lines:  # the manifest agrees with the file's own provenance
+        assert read_provenance(out / record["file"])["prompt"] == record["prompt"]
+    assert not list(out.glob(".*partial"))
+    # a corrupted manifest with a file listed twice is refused, not read twice
+    (out / "manifest.jsonl").write_text((out / "manifest.jsonl").read_text() * 2)
+    from cxr_diffusers import DataError
+
+    with pytest.raises(DataError, match="twice"):
+        read_synthetic_manifest(out)
+
+
+def test_generate_checks_the_output_folder_before_loading_the_model(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["generate", str(tmp_path / "no-model"), "-p", "x", "-o", str(tmp_path / "file")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
 
 
 def test_generate_missing_model_folder(tmp_path, capsys):

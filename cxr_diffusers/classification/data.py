@@ -271,6 +271,7 @@ def read_synthetic_manifest(folder: str | os.PathLike, check_images: bool = True
             f"line per image with 'file' and 'prompt' or 'label')."
         )
     records = []
+    first_line: dict[str, int] = {}
     for number, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
@@ -280,6 +281,10 @@ def read_synthetic_manifest(folder: str | os.PathLike, check_images: bool = True
             raise DataError(f"{manifest} line {number} is not valid JSON ({err.msg}).") from None
         if not isinstance(entry, dict) or not entry.get("file"):
             raise DataError(f"{manifest} line {number} has no 'file' field.")
+        if entry["file"] in first_line:  # two labels for one image would silently corrupt an experiment
+            raise DataError(f"{manifest} lists {entry['file']} twice (lines {first_line[entry['file']]} and {number}); "
+                            "keep only the line of the image now on disk.")
+        first_line[entry["file"]] = number
         path = root / entry["file"]
         if "label" in entry and entry["label"] is not None:
             label = _parse_label(entry["label"])

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
+
+from ._args import finite_float, positive_int, seed as seed_type
 
 
 def register(subparsers) -> None:
@@ -18,9 +21,9 @@ def register(subparsers) -> None:
     parser.add_argument("--prompt", "-p", action="append", required=True, help="prompt (repeat for several)")
     parser.add_argument("--negative-prompt", default=None, help="negative prompt applied to every prompt")
     parser.add_argument("--num-images", "-n", type=int, default=1, help="images per prompt (default 1)")
-    parser.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
-    parser.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (default 4)")
-    parser.add_argument("--seed", type=int, default=0, help="seed; image i uses seed+i (default 0)")
+    parser.add_argument("--steps", type=positive_int, default=25, help="denoising steps (default 25)")
+    parser.add_argument("--guidance", type=finite_float, default=4.0, help="classifier-free guidance scale (default 4)")
+    parser.add_argument("--seed", type=seed_type, default=0, help="seed in [0, 2**63 - 1]; image i uses seed+i (default 0)")
     parser.add_argument("--height", type=int, default=None, help="image height (default: the model's size)")
     parser.add_argument("--width", type=int, default=None, help="image width (default: the model's size)")
     parser.add_argument("--scheduler", default=None, help="dpm++ (default), ddim, ddpm, euler or unipc")
@@ -35,15 +38,21 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import CXRInputError
     from ..pipelines import CXRPipeline
+    from ..provenance import read_provenance
     from ..schedulers import scheduler_from_name
     from ..utils.image_grid import make_grid
+    from ..utils.output_dir import check_writable_dir
+    from ._args import MAX_SEED
 
     if args.num_images < 1:
         raise CXRInputError(f"--num-images must be at least 1, got {args.num_images}.")
+    last_seed = args.seed + len(args.prompt) * args.num_images - 1
+    if last_seed > MAX_SEED:
+        raise CXRInputError(f"--seed {args.seed} leaves no room for {len(args.prompt) * args.num_images} seeds below 2**63.")
+    out_dir = check_writable_dir(args.output_dir, "--output-dir")  # before the model loads
     pipe = CXRPipeline.from_pretrained(args.model)
     if args.scheduler:
         pipe.scheduler = scheduler_from_name(args.scheduler, pipe.scheduler.config)
-    out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     images, records, seconds = [], [], []
@@ -63,18 +72,48 @@ def run(args: argparse.Namespace) -> int:
             ).images[0]
             seconds.append(time.perf_counter() - start)
             path = out_dir / f"cxr_{p_index:02d}_{i:03d}_seed{seed}.png"
-            image.save(path)
+            partial = path.with_name(f".{path.name}.partial")
+            image.save(partial, format="PNG")
+            os.replace(partial, path)
             images.append(image)
-            records.append({"file": path.name, "prompt": prompt, "seed": seed, "seconds": round(seconds[-1], 3),
+            record_seen = read_provenance(image).get("prompt_seen_by_model")
+            records.append({"file": path.name, "prompt": prompt,
+                            **({"prompt_seen_by_model": record_seen} if record_seen else {}),
+                            "seed": seed, "seconds": round(seconds[-1], 3),
                             "steps": args.steps, "guidance": args.guidance, "model": args.model,
                             "scheduler": type(pipe.scheduler).__name__, "enhancement": args.enhancement,
                             "synthetic": True, "not_for_clinical_use": True})
-    with open(out_dir / "manifest.jsonl", "a", encoding="utf-8") as manifest:
-        for record in records:
-            manifest.write(json.dumps(record) + "\n")
+            write_manifest(out_dir / "manifest.jsonl", records[-1:])  # after every image: true even if interrupted
     if args.grid:
         make_grid(images, cols=min(len(images), 4)).save(out_dir / "grid.png")
     per_image = sorted(seconds)[len(seconds) // 2]
     print(f"Wrote {len(images)} image(s) to {out_dir}/ (manifest.jsonl{', grid.png' if args.grid else ''}); "
           f"median {per_image:.2f} s per image. Synthetic images: not for clinical use.")
     return 0
+
+
+def write_manifest(path: Path, records: list[dict]) -> None:
+    """
+    Merge `records` into the manifest at `path`: one line per image file, always the record of the image now on
+    disk (a file written again replaces its old line instead of adding a contradictory second one). Written to a
+    temporary file and renamed, so an interrupted run never leaves a half-written manifest.
+    """
+    from ..errors import DataError
+
+    merged: dict[str, dict] = {}
+    if path.is_file():
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                raise DataError(f"{path} line {number} is not valid JSON; fix or remove it before adding images.") from None
+            if isinstance(entry, dict) and entry.get("file"):
+                merged[entry["file"]] = entry
+    for record in records:
+        merged.pop(record["file"], None)  # re-inserted last: the manifest lists files in the order they were written
+        merged[record["file"]] = record
+    staging = path.with_name(f".{path.name}.partial")
+    staging.write_text("".join(json.dumps(r) + "\n" for r in merged.values()), encoding="utf-8")
+    os.replace(staging, path)
