@@ -12,6 +12,7 @@ import math
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +22,27 @@ import torch
 from .errors import CXRInputError, DataError
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+
+# ----------------------------------------------------------------------------------------------------- entry point
+def run_script(main: Callable[[], int | None]) -> int:
+    """Run a script's `main`: bad input (data, models, checkpoints) ends in one sentence and exit code 2."""
+    try:
+        return int(main() or 0)
+    except CXRInputError as error:
+        print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def load_checkpoint(accelerator, checkpoint: str | os.PathLike) -> None:
+    """`accelerator.load_state(checkpoint)` with a one-sentence error for an incomplete or corrupt checkpoint."""
+    try:
+        accelerator.load_state(str(checkpoint))
+    except CXRInputError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, EOFError) as error:
+        first_line = str(error).strip().split("\n")[0] or type(error).__name__
+        raise CXRInputError(f"Cannot resume from {checkpoint}: {first_line}") from error
 
 
 # ----------------------------------------------------------------------------------------------------- config files

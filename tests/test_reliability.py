@@ -106,3 +106,168 @@ def test_a_long_prompt_warns_and_provenance_records_what_the_model_saw(pipe, cap
     assert len(seen) < len(prompt) and prompt.lower().startswith(seen.lower()[:20])
     short = pipe(PROMPT, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
     assert "prompt_seen_by_model" not in read_provenance(short)
+
+
+# ------------------------------------------------------------------------------------------ command line
+def cli_error(argv, capsys):
+    """Run the CLI; return (exit code, last stderr line); argparse errors count as exit code 2 too."""
+    from cxr_diffusers.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, (err.strip().splitlines() or [""])[-1]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["data", "build", "--source", "folder", "--root", "x", "--out", "o", "--max-samples", "0"], "must be at least 1"),
+        (["data", "build", "--source", "folder", "--root", "x", "--out", "o", "--resolution", "7"],
+         "--resolution must be at least 32 pixels"),
+        (["data", "info", "x", "--examples", "-1"], "must be 0 or more"),
+    ],
+)
+def test_data_commands_refuse_values_that_used_to_do_something_else(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x").mkdir()
+    code, last = cli_error(argv, capsys)
+    assert code == 2 and message in last
+
+
+def test_every_command_checks_its_output_folder_first(tmp_path, capsys, fixtures_dir):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    image = str(next((fixtures_dir / "kermany").rglob("*.jpeg")))
+    for argv in (
+        ["generate", str(tmp_path / "no-model"), "-p", "x", "-o", str(blocker / "out")],
+        ["enhance", image, "-o", str(blocker)],
+        ["evaluate", str(tmp_path / "no-model"), "--real", str(tmp_path), "-o", str(blocker / "out")],
+        ["classify", image, "--gradcam", "-o", str(blocker)],
+        ["data", "build", "--source", "folder", "--root", str(tmp_path), "--out", str(blocker / "ds")],
+    ):
+        code, last = cli_error(argv, capsys)
+        assert code == 2 and "is a file" in last, (argv, last)
+
+
+def test_blank_images_are_not_radiographs(tmp_path, capsys):
+    """Before: a uniform image was PNEUMONIA with p = 1.0, inflating the prompt agreement of a collapsed generator."""
+    from PIL import Image
+
+    from cxr_diffusers.classification.input_check import NOT_A_RADIOGRAPH, radiograph_problem
+    from cxr_diffusers.evaluation.distribution import ClassifierFeatureExtractor
+    from cxr_diffusers.evaluation.runner import find_classifier
+
+    blanks = [Image.new("L", (128, 128), value) for value in (0, 128, 255)]
+    assert all("blank or uniform" in radiograph_problem(b) for b in blanks)
+    two_levels = Image.fromarray((np.indices((128, 128)).sum(0) % 2 * 255).astype(np.uint8))
+    assert "grey levels" in radiograph_problem(two_levels)
+    classifier = find_classifier()
+    if classifier is None:
+        pytest.skip("bundled classifier absent")
+    extractor = ClassifierFeatureExtractor.from_pretrained(classifier)
+    assert extractor.predict(blanks) == [NOT_A_RADIOGRAPH] * 3
+    from cxr_diffusers.evaluation.conditioning import conditioning_agreement
+
+    result = conditioning_agreement(["PNEUMONIA"] * 3, extractor.predict(blanks))
+    assert result["agreement"] == 0.0 and result["not_a_radiograph"] == 3
+    path = tmp_path / "grey.png"
+    blanks[1].save(path)
+    code, last = cli_error(["classify", str(path)], capsys)
+    assert code == 0
+
+
+def test_classify_reports_a_blank_image_instead_of_a_probability(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from cxr_diffusers.cli import main
+    from cxr_diffusers.evaluation.runner import find_classifier
+
+    if find_classifier() is None:
+        pytest.skip("bundled classifier absent")
+    path = tmp_path / "white.png"
+    Image.new("L", (128, 128), 255).save(path)
+    assert main(["classify", str(path), "--json"]) == 0
+    captured = capsys.readouterr()
+    record = json.loads(captured.out.strip().splitlines()[-1])
+    assert record["label"] == "NOT_A_RADIOGRAPH" and record["p_pneumonia"] is None and "uniform" in record["reason"]
+    assert "not classified" in captured.err
+
+
+def test_evaluation_reference_skips_and_counts_unreadable_images(tmp_path, fixtures_dir):
+    import shutil
+
+    from cxr_diffusers import DataError
+    from cxr_diffusers.evaluation.runner import load_reference
+
+    for image in (fixtures_dir / "kermany").rglob("*.jpeg"):
+        shutil.copy(image, tmp_path / image.name)
+    (tmp_path / "broken.png").write_bytes(b"not a png at all")
+    with pytest.warns(UserWarning, match="1 unreadable image"):
+        reference = load_reference(tmp_path)
+    assert len(reference.images) == 3 and len(reference.skipped) == 1 and "broken.png" in reference.skipped[0]
+    assert len(reference.classes) == len(reference.images)
+    only_broken = tmp_path / "only-broken"
+    only_broken.mkdir()
+    (only_broken / "x.png").write_bytes(b"junk")
+    with pytest.raises(DataError, match="None of the images"), pytest.warns(UserWarning):
+        load_reference(only_broken)
+
+
+# ------------------------------------------------------------------------------------------ loading
+def test_a_missing_folder_that_looks_like_a_hub_id_is_called_missing_offline(tmp_path, monkeypatch):
+    from cxr_diffusers import ModelLoadingError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadingError, match=r"No CXRPipeline folder 'pretrained/cxr-ldm-small' exists .*"
+                                                r"the Hub cannot be reached"):
+        CXRPipeline.from_pretrained("pretrained/cxr-ldm-small")
+
+
+def test_pickled_weights_are_refused(pipe, tmp_path):
+    from cxr_diffusers import CXRAutoencoderKL, ModelLoadingError
+    from cxr_diffusers.hub import load_pretrained
+
+    folder = tmp_path / "pickled"
+    pipe.save_pretrained(folder, safe_serialization=False)
+    assert list((folder / "unet").glob("*.bin"))
+    with pytest.raises(ModelLoadingError, match="pickled weights .* safetensors only"):
+        CXRPipeline.from_pretrained(folder)
+    with pytest.raises(ModelLoadingError, match="pickled weights"):
+        load_pretrained(CXRAutoencoderKL, folder / "vae", "VAE")
+
+
+# ------------------------------------------------------------------------------------------ training scripts
+def run_training_script(name, *args):
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    script = REPO_ROOT / "train_scripts" / f"{name}.py"
+    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True)
+
+
+def test_training_scripts_end_bad_input_in_one_sentence(tmp_path):
+    from conftest import REPO_ROOT
+
+    tiny = REPO_ROOT / "train_scripts" / "configs" / "tiny.json"
+    (tmp_path / "a-file").write_text("x")
+    cases = [
+        (["train_vae", "--config", tiny, "--train_data_dir", tmp_path / "missing"], "does not exist"),
+        (["train_vae", "--config", tiny, "--train_data_dir", tmp_path, "--output_dir", tmp_path / "a-file"],
+         "is a file"),
+        (["train_vae", "--config", tiny, "--train_data_dir", tmp_path, "--pretrained_model_name_or_path",
+          tmp_path / "no" / "vae"], "does not exist"),
+        (["train_ldm", "--config", tiny, "--train_data_dir", tmp_path, "--pretrained_vae_model_name_or_path",
+          tmp_path / "no-vae"], "does not exist"),
+    ]
+    for argv, message in cases:
+        result = run_training_script(*argv)
+        last = result.stderr.strip().splitlines()[-1]
+        assert result.returncode == 2 and message in last and "Traceback" not in result.stderr, (argv, result.stderr)

@@ -15,6 +15,7 @@ import sys
 
 from cxr_diffusers.commands.evaluate import _line, add_arguments, evaluate_from_args
 from cxr_diffusers.errors import CXRInputError
+from cxr_diffusers.training_utils import run_script
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,4 +42,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

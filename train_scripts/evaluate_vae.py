@@ -19,7 +19,8 @@ from pathlib import Path
 from PIL import Image
 
 from cxr_diffusers import CXRAutoencoderKL
-from cxr_diffusers.training_utils import load_training_dataset, vae_reconstruction_metrics
+from cxr_diffusers.hub import load_pretrained
+from cxr_diffusers.training_utils import load_training_dataset, run_script, vae_reconstruction_metrics
 from cxr_diffusers.utils.image_grid import make_grid
 
 
@@ -37,7 +38,7 @@ def main(argv=None) -> int:
         parser.error("--num_images must be at least 1")
 
     folder = Path(args.vae)
-    vae = CXRAutoencoderKL.from_pretrained(folder / "vae" if (folder / "model_index.json").is_file() else folder)
+    vae = load_pretrained(CXRAutoencoderKL, folder / "vae" if (folder / "model_index.json").is_file() else folder, "VAE")
     dataset = load_training_dataset(args.train_data_dir, args.dataset_name, args.split)
     dataset = dataset.shuffle(seed=0)  # a fixed, source-mixed sample of the split
     metrics, pairs = vae_reconstruction_metrics(vae, dataset, args.resolution, args.num_images)
@@ -51,4 +52,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -21,7 +21,9 @@ from pathlib import Path
 import torch
 
 from cxr_diffusers import CXRAutoencoderKL, CXRInputError, CXRPipeline
+from cxr_diffusers.hub import load_pretrained
 from cxr_diffusers.schedulers import LATENT_SCHEDULER_DEFAULTS
+from cxr_diffusers.training_utils import run_script
 from cxr_diffusers.utils.output_dir import check_output_dir, staged_output_dir
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -40,7 +42,7 @@ def main(argv=None) -> int:
     try:
         out = check_output_dir(args.output_dir, overwrite=args.overwrite, protected=(args.pipeline, args.vae))
         pipe = CXRPipeline.from_pretrained(args.pipeline)
-        vae = CXRAutoencoderKL.from_pretrained(args.vae) if args.vae else None
+        vae = load_pretrained(CXRAutoencoderKL, args.vae, "VAE") if args.vae else None
     except CXRInputError as error:
         parser.error(str(error))
     if vae is not None:
@@ -70,4 +72,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -76,6 +76,8 @@ from cxr_diffusers.errors import CXRInputError, DataError
 from cxr_diffusers.hub import DATA_CITATIONS, push_folder, save_model_card
 from cxr_diffusers.utils.output_dir import check_output_dir, staged_output_dir
 from cxr_diffusers.training_utils import (
+    load_checkpoint,
+    run_script,
     JsonlLogger,
     apply_config_file,
     check_output_dirs,
@@ -404,7 +406,7 @@ def train_one(args, seed: int, output_dir: Path) -> dict:
     checkpoint = resolve_resume_checkpoint(str(output_dir), args.resume_from_checkpoint)
     if checkpoint is not None:
         accelerator.print(f"Resuming from {checkpoint}")
-        accelerator.load_state(str(checkpoint))
+        load_checkpoint(accelerator, checkpoint)
         global_step = checkpoint_step(checkpoint)
         first_epoch = global_step // updates_per_epoch
         skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps

@@ -31,10 +31,13 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from cxr_diffusers.hub import DATA_CITATIONS, push_folder, save_model_card
+from cxr_diffusers.hub import DATA_CITATIONS, load_pretrained, push_folder, save_model_card
 from cxr_diffusers.training_utils import (
+    load_checkpoint,
+    run_script,
     JsonlLogger,
     apply_config_file,
+    check_output_dirs,
     check_positive,
     checkpoint_step,
     collate_images,
@@ -132,12 +135,13 @@ def parse_args(argv=None):
         parser.error("give --train_data_dir or --dataset_name")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
+    check_output_dirs(parser, args, "output_dir")
     return args
 
 
 def build_unet(args) -> UNet2DModel:
     if args.pretrained_model_name_or_path:
-        return UNet2DModel.from_pretrained(args.pretrained_model_name_or_path, subfolder="unet")
+        return load_pretrained(UNet2DModel, args.pretrained_model_name_or_path, "DDPM", subfolder="unet")
     return UNet2DModel(**DDPM_CONFIGS[args.model_config], sample_size=args.resolution, in_channels=1, out_channels=1,
                        time_embedding_type="positional")
 
@@ -216,7 +220,7 @@ def main(argv=None):
     checkpoint = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
     if checkpoint is not None:
         accelerator.print(f"Resuming from {checkpoint}")
-        accelerator.load_state(str(checkpoint))
+        load_checkpoint(accelerator, checkpoint)
         global_step = checkpoint_step(checkpoint)
         first_epoch = global_step // updates_per_epoch
         skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
@@ -329,4 +333,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

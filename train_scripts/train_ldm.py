@@ -40,12 +40,15 @@ from transformers import AutoTokenizer
 
 from cxr_diffusers import CXRAutoencoderKL, CXRPipeline, CXRTextEncoder, CXRUNet2DConditionModel, get_model_config
 from cxr_diffusers.data.prompts import PromptBuilder
-from cxr_diffusers.hub import DATA_CITATIONS, push_folder, save_model_card
+from cxr_diffusers.hub import DATA_CITATIONS, load_pretrained, push_folder, save_model_card
 from cxr_diffusers.models import offline_bert_path
 from cxr_diffusers.schedulers import TRAINING_SCHEDULE, default_scheduler
 from cxr_diffusers.training_utils import (
+    load_checkpoint,
+    run_script,
     JsonlLogger,
     apply_config_file,
+    check_output_dirs,
     check_positive,
     checkpoint_step,
     image_to_tensor,
@@ -133,19 +136,20 @@ def parse_args(argv=None):
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
     args.validation_prompts = args.validation_prompts or DEFAULT_VALIDATION_PROMPTS
+    check_output_dirs(parser, args, "output_dir")
     return args
 
 
 def build_components(args):
     """VAE (frozen), text encoder + tokenizer, UNet, from a saved pipeline or from the named configuration."""
     if args.pretrained_model_name_or_path:
-        pipe = CXRPipeline.from_pretrained(args.pretrained_model_name_or_path)
+        pipe = CXRPipeline.from_pretrained(args.pretrained_model_name_or_path)  # safetensors only, clear errors
         vae, text_encoder, tokenizer, unet = pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet
         if args.pretrained_vae_model_name_or_path:
-            vae = CXRAutoencoderKL.from_pretrained(args.pretrained_vae_model_name_or_path)
+            vae = load_pretrained(CXRAutoencoderKL, args.pretrained_vae_model_name_or_path, "VAE")
         return vae, text_encoder, tokenizer, unet
     config = get_model_config(args.model_config)
-    vae = CXRAutoencoderKL.from_pretrained(args.pretrained_vae_model_name_or_path)
+    vae = load_pretrained(CXRAutoencoderKL, args.pretrained_vae_model_name_or_path, "VAE")
     projection_dim = config["text_encoder"]["projection_dim"]
     if args.text_encoder_name_or_path == "random":
         text_encoder = CXRTextEncoder(**config["text_encoder"])
@@ -297,7 +301,7 @@ def main(argv=None):
     checkpoint = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
     if checkpoint is not None:
         accelerator.print(f"Resuming from {checkpoint}")
-        accelerator.load_state(str(checkpoint))
+        load_checkpoint(accelerator, checkpoint)
         global_step = checkpoint_step(checkpoint)
         first_epoch = global_step // updates_per_epoch
         skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
@@ -423,4 +427,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

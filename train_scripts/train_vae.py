@@ -36,7 +36,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from cxr_diffusers import CXRAutoencoderKL, CXRInputError, CXRPatchDiscriminator, get_model_config
-from cxr_diffusers.hub import DATA_CITATIONS, push_folder, save_model_card
+from cxr_diffusers.hub import DATA_CITATIONS, load_pretrained, push_folder, save_model_card
 from cxr_diffusers.losses import (
     ClassifierPerceptualLoss,
     adaptive_adversarial_weight,
@@ -44,8 +44,11 @@ from cxr_diffusers.losses import (
     hinge_discriminator_loss,
 )
 from cxr_diffusers.training_utils import (
+    load_checkpoint,
+    run_script,
     JsonlLogger,
     apply_config_file,
+    check_output_dirs,
     check_positive,
     checkpoint_step,
     collate_images,
@@ -152,6 +155,7 @@ def parse_args(argv=None):
         parser.error("give --train_data_dir or --dataset_name")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
+    check_output_dirs(parser, args, "output_dir")
     return args
 
 
@@ -191,12 +195,12 @@ def main(argv=None):
 
     # Model
     if args.pretrained_model_name_or_path:
-        vae = CXRAutoencoderKL.from_pretrained(args.pretrained_model_name_or_path)
+        vae = load_pretrained(CXRAutoencoderKL, args.pretrained_model_name_or_path, "VAE")
         if args.decoder_layers_per_block:
             try:
                 vae = vae.with_deeper_decoder(args.decoder_layers_per_block)
             except CXRInputError as error:
-                raise SystemExit(f"--decoder_layers_per_block: {error}") from None
+                raise CXRInputError(f"--decoder_layers_per_block: {error}") from None
     else:
         vae = CXRAutoencoderKL(**{**get_model_config(args.model_config)["vae"], "sample_size": args.resolution,
                                   "decoder_layers_per_block": args.decoder_layers_per_block})
@@ -260,12 +264,12 @@ def main(argv=None):
     checkpoint = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
     if checkpoint is not None:
         accelerator.print(f"Resuming from {checkpoint}")
-        accelerator.load_state(str(checkpoint))
+        load_checkpoint(accelerator, checkpoint)
         global_step = checkpoint_step(checkpoint)
         first_epoch = global_step // updates_per_epoch
         skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
     elif args.resume_from_checkpoint and args.resume_from_checkpoint != "latest":
-        raise SystemExit(f"checkpoint {args.resume_from_checkpoint} not found")
+        raise CXRInputError(f"checkpoint {args.resume_from_checkpoint} not found")
 
     logger.info(f"{len(train_set)} training images, {args.max_train_steps} steps of {args.train_batch_size} "
                 f"{args.crop_size}px crops, {sum(p.numel() for p in vae.parameters()):,} parameters")
@@ -423,4 +427,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

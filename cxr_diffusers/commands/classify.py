@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..classification import load_classifier, load_xray, predict_proba
+    from ..classification.input_check import NOT_A_RADIOGRAPH, radiograph_problem
+    from ..utils.output_dir import check_writable_dir
 
     if args.batch_size < 1:
         raise CXRInputError(f"--batch-size must be at least 1, got {args.batch_size}.")
@@ -57,12 +60,20 @@ def run(args: argparse.Namespace) -> int:
                 raise CXRInputError(f"Inputs '{stems[p.stem]}' and '{p}' share the name '{p.stem}'; heat maps "
                                     "would collide.")
             stems[p.stem] = p
-        out_dir = Path(args.output_dir)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise CXRInputError(f"Output directory '{out_dir}' exists and is not a folder.")
+        check_writable_dir(args.output_dir, "--output-dir")
     model, processor = load_classifier(model_path)
+    problems = [radiograph_problem(image) for image in images]
     probs = predict_proba(model, processor, images, batch_size=args.batch_size)
-    for path, image, p in zip(paths, images, probs):
+    for path, image, p, problem in zip(paths, images, probs, problems):
+        if problem:  # a confident answer on a non-radiograph would be a wrong answer
+            record = {"file": str(path), "label": NOT_A_RADIOGRAPH, "probability": None, "p_pneumonia": None,
+                      "reason": problem}
+            print(f"warning: {path}: not classified: {problem}.", file=sys.stderr)
+            if args.json:
+                print(json.dumps(record))
+            else:
+                print(f"{path}\t{NOT_A_RADIOGRAPH}\t-")
+            continue
         label = "PNEUMONIA" if p >= 0.5 else "NORMAL"
         record = {"file": str(path), "label": label, "probability": round(float(max(p, 1 - p)), 4),
                   "p_pneumonia": round(float(p), 4)}

@@ -15,7 +15,11 @@ import sys
 import time
 import warnings
 
+from ._args import non_negative_int, positive_int
+
 SOURCES = ("nih", "nih_subset", "indiana", "pneumonia", "pneumoniamnist", "covid", "folder")
+#: Smaller images hold no usable anatomy (and are not what any model here trains on).
+MIN_RESOLUTION = 32
 
 
 def register(subparsers) -> None:
@@ -37,7 +41,7 @@ def register(subparsers) -> None:
     build.add_argument("--root", action="append", required=True,
                        help="dataset folder (the .npz file for pneumoniamnist); one per --source, same order")  # fmt: skip
     build.add_argument("--out", required=True, help="output folder")
-    build.add_argument("--resolution", type=int, default=None,
+    build.add_argument("--resolution", type=positive_int, default=None,
                        help="resize and pad images to RESOLUTIONxRESOLUTION while saving (aspect ratio kept)")  # fmt: skip
     build.add_argument("--labels-dir", default=None, help="nih: folder with Data_Entry_2017.csv and the split lists")
     build.add_argument("--frontal-only", action="store_true", help="indiana: keep frontal projections only")
@@ -45,8 +49,8 @@ def register(subparsers) -> None:
     build.add_argument("--columns", choices=("common", "all"), default=None,
                        help="columns kept when combining sources (default: all for one source, common for several)")  # fmt: skip
     build.add_argument("--seed", type=int, default=0, help="seed of the carved splits (default 0)")
-    build.add_argument("--num-proc", type=int, default=1, help="processes for image checks, resizing and saving")
-    build.add_argument("--max-samples", type=int, default=None, help="at most this many images per split")
+    build.add_argument("--num-proc", type=positive_int, default=1, help="processes for image checks, resizing and saving")
+    build.add_argument("--max-samples", type=positive_int, default=None, help="at most this many images per split")
     build.add_argument("--check-images", choices=("none", "exists", "header", "full"), default="header",
                        help="how to check image files before use (default header)")  # fmt: skip
     build.add_argument("--strict", action="store_true", help="fail on missing or unreadable images")
@@ -61,8 +65,8 @@ def register(subparsers) -> None:
     )
     info.add_argument("path", help="a folder written by `data build`, or a raw dataset root with --source")
     info.add_argument("--source", choices=SOURCES, default=None, help="read PATH as this source's original layout")
-    info.add_argument("--examples", type=int, default=5, help="prompt examples to show (default 5)")
-    info.add_argument("--max-images", type=int, default=2000,
+    info.add_argument("--examples", type=non_negative_int, default=5, help="prompt examples to show (default 5)")
+    info.add_argument("--max-images", type=non_negative_int, default=2000,
                       help="images per split whose size is read for the histogram (default 2000; 0 = all)")  # fmt: skip
     info.add_argument("--seed", type=int, default=0)
     info.set_defaults(func=run_info)
@@ -107,8 +111,11 @@ def _build(args: argparse.Namespace) -> int:
 
     if len(args.source) != len(args.root):
         raise DataError(f"Give one --root per --source ({len(args.source)} sources, {len(args.root)} roots).")
-    if args.resolution is not None and args.resolution <= 0:
-        raise DataError(f"--resolution must be a positive number of pixels, not {args.resolution}.")
+    if args.resolution is not None and args.resolution < MIN_RESOLUTION:
+        raise DataError(f"--resolution must be at least {MIN_RESOLUTION} pixels, not {args.resolution}.")
+    from cxr_diffusers.utils.output_dir import check_output_dir
+
+    check_output_dir(args.out, overwrite=args.overwrite, protected=args.root, flag="--out")
     start = time.perf_counter()
     from cxr_diffusers.data import concatenate_sources, save_dataset
 

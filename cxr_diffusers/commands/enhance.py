@@ -128,6 +128,7 @@ def _compare_grid(original, enhanced: dict[str, Any]):
 def run(args: argparse.Namespace) -> int:
     from ..enhancement import PRESETS, get_preset
     from ..provenance import derive_provenance
+    from ..utils.output_dir import check_writable_dir
 
     if args.preset is None:
         presets = [] if args.compare else ["balanced"]
@@ -144,9 +145,7 @@ def run(args: argparse.Namespace) -> int:
         stems[p.stem] = p
     images = [(p, _load(p)) for p in dict.fromkeys(paths)]  # read everything before writing anything
 
-    out_dir = Path(args.output_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CXRInputError(f"Output directory '{out_dir}' exists and is not a folder.")
+    out_dir = check_writable_dir(args.output_dir, "--output-dir")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     pipelines = {name: get_preset(name) for name in dict.fromkeys(presets + (list(PRESETS) if args.compare else []))}

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._args import finite_float, seed as seed_type
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The evaluation flags (shared with train_scripts/evaluate_generation.py)."""
@@ -25,10 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-images", "-n", type=int, default=50, help="images per prompt (default 50)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per pipeline call (default 8)")
     parser.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
-    parser.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (default 4)")
+    parser.add_argument("--guidance", type=finite_float, default=4.0, help="classifier-free guidance scale (default 4)")
     parser.add_argument("--scheduler", default=None, help="dpm++ (default), ddim, ddpm, euler or unipc")
     parser.add_argument("--size", type=int, default=None, help="image size (default: the model's)")
-    parser.add_argument("--seed", type=int, default=0, help="image i of prompt p uses seed + p * n + i (default 0)")
+    parser.add_argument("--seed", type=seed_type, default=0, help="image i of prompt p uses seed + p * n + i (default 0)")
     parser.add_argument("--classifier", default=None,
                         help="transformers image-classification folder (NORMAL/PNEUMONIA) for features and the "
                              "conditioning check (default: pretrained/*classif* when present; 'none' for no classifier)")
@@ -70,6 +72,7 @@ def evaluate_from_args(args: argparse.Namespace, model: str) -> dict:
     from ..evaluation.memorization import DEFAULT_COSINE_THRESHOLD, DEFAULT_SSIM_THRESHOLD
     from ..evaluation.runner import FEATURE_CHOICES, EvaluationConfig, find_classifier, load_reference, run_evaluation
     from ..pipelines import CXRPipeline
+    from ..utils.output_dir import check_writable_dir
 
     for name in ("num_images", "batch_size", "steps", "max_real", "max_train", "kid_subsets"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -83,6 +86,7 @@ def evaluate_from_args(args: argparse.Namespace, model: str) -> dict:
     else:
         classifier = args.classifier or find_classifier()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    check_writable_dir(args.output_dir, "--output-dir")  # before anything loads
 
     pipe = CXRPipeline.from_pretrained(model).to(device)
     real = load_reference(args.real, args.split, max_images=args.max_real, seed=args.seed)
@@ -108,6 +112,7 @@ def evaluate_from_args(args: argparse.Namespace, model: str) -> dict:
         progress=not args.no_progress,
     )
     extra = {"model": str(model), "real": real.source, "train": None if train is None else train.source,
+             "skipped_unreadable": {"real": len(real.skipped), "train": 0 if train is None else len(train.skipped)},
              "classifier": None if classifier is None else str(classifier)}
     return run_evaluation(pipe, real.images, args.output_dir, config,
                           train_images=None if train is None else train.images,

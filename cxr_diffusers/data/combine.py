@@ -25,6 +25,7 @@ from pathlib import Path
 import datasets
 
 from ..errors import DataError
+from ..utils.output_dir import staged_output_dir
 from .card import write_card
 from .schema import COMMON_COLUMNS, SPLITS
 from .splits import check_patient_disjoint
@@ -173,7 +174,6 @@ def save_dataset(
             raise DataError(f"The output folder {path} is not empty; pass overwrite=True (--overwrite) to replace it.")
         if not (path / "dataset_dict.json").is_file():
             raise DataError(f"The output folder {path} is not a saved dataset; refusing to overwrite it.")
-        shutil.rmtree(path)
     reports = getattr(dsd, "reports", None) or [getattr(dsd, "report", None)]
     all_notes = list(notes)
     for report in reports:
@@ -189,7 +189,9 @@ def save_dataset(
         # Writing is I/O bound; worker processes (spawned, re-importing the package) only pay off for big sets.
         rows = sum(len(ds) for ds in to_save.values())
         save_procs = num_proc if num_proc and num_proc > 1 and rows >= 50_000 else None
-        to_save.save_to_disk(str(path), num_proc=save_procs, max_shard_size=max_shard_size)
+        # The old dataset (with overwrite) is replaced only once the new one is completely written.
+        with staged_output_dir(path) as staging:
+            to_save.save_to_disk(str(staging), num_proc=save_procs, max_shard_size=max_shard_size)
         del to_save
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -72,9 +72,12 @@ def conditioning_agreement(
     unknown = sorted(set(exp) - set(pred) - set(CLASSES))
     labels = sorted(set(exp) | set(pred) | set(CLASSES))
     agree = np.array([e == p for e, p in zip(exp, pred)])
+    from ..classification.input_check import NOT_A_RADIOGRAPH
+
     out: dict[str, Any] = {
         "agreement": float(agree.mean()),
         "n": len(exp),
+        "not_a_radiograph": int(sum(p == NOT_A_RADIOGRAPH for p in pred)),  # counted as disagreements
         "per_class": {c: {"n": int(sum(e == c for e in exp)), "agreement": float(agree[[e == c for e in exp]].mean())}
                       for c in labels if any(e == c for e in exp)},
         "confusion_matrix": {"labels": labels, "matrix": confusion_matrix(exp, pred, labels=labels).tolist()},

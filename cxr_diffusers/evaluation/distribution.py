@@ -314,8 +314,13 @@ class ClassifierFeatureExtractor:
         return np.concatenate([torch.softmax(self._run(b)[1], dim=1).numpy() for b in _batches(x, self.batch_size)])
 
     def predict(self, images: Any) -> list[str]:
-        """Predicted label names (`config.id2label`)."""
-        return [self.labels[i] for i in self.predict_proba(images).argmax(axis=1)]
+        """Predicted label names (`config.id2label`); `NOT_A_RADIOGRAPH` for blank or uniform inputs, which the
+        classifier would otherwise call PNEUMONIA with p = 1.0."""
+        from ..classification.input_check import NOT_A_RADIOGRAPH, radiograph_problem
+
+        x = images_to_tensor(images, self.image_size)
+        labels = [self.labels[i] for i in self.predict_proba(x).argmax(axis=1)]
+        return [NOT_A_RADIOGRAPH if radiograph_problem(image) else label for image, label in zip(x, labels)]
 
 
 def _torch_hub_checkpoints() -> list[str]:

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,6 +89,7 @@ class Reference:
     images: list
     classes: list[str | None]
     source: str
+    skipped: list[str] = field(default_factory=list)  # unreadable images, left out (and counted)
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -133,8 +135,15 @@ def load_reference(path: str | os.PathLike, split: str = "test", max_images: int
         ds = dsd[split]
         rows = ds.select(_subsample(len(ds), max_images, seed))
         labels = rows["labels"] if "labels" in rows.column_names else [None] * len(rows)
-        images = [image.convert("L") for image in rows["image"]]
-        return Reference(images, [label_from_labels(x) for x in labels], f"{root}:{split}")
+        images, classes, skipped = [], [], []
+        for index in range(len(rows)):
+            try:
+                images.append(rows[index]["image"].convert("L"))
+            except (OSError, ValueError, SyntaxError) as err:  # an unreadable image file: skip it and count it
+                skipped.append(f"row {index} ({type(err).__name__})")
+                continue
+            classes.append(label_from_labels(labels[index]))
+        return _checked_reference(Reference(images, classes, f"{root}:{split}", skipped))
     files = sorted(f for f in glob.glob(str(root / "**" / "*"), recursive=True) if f.lower().endswith(IMAGE_EXTENSIONS))
     if not files:
         raise DataError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) were found under {root}.")
@@ -144,11 +153,26 @@ def load_reference(path: str | os.PathLike, split: str = "test", max_images: int
         words = set(re.split(r"[^a-z]+", Path(file).parent.name.lower()))
         return "PNEUMONIA" if "pneumonia" in words else "NORMAL" if words & {"normal", "healthy"} else None
 
-    images = []
+    images, classes, skipped = [], [], []
     for file in files:
-        with Image.open(file) as image:
-            images.append(image.convert("L"))
-    return Reference(images, [folder_class(f) for f in files], str(root))
+        try:
+            with Image.open(file) as image:
+                images.append(image.convert("L"))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            skipped.append(f"{file} ({type(err).__name__})")
+            continue
+        classes.append(folder_class(file))
+    return _checked_reference(Reference(images, classes, str(root), skipped))
+
+
+def _checked_reference(reference: Reference) -> Reference:
+    """Warn about skipped unreadable images; refuse a reference with none left."""
+    if reference.skipped:
+        warnings.warn(f"{len(reference.skipped)} unreadable image(s) in {reference.source} were skipped, e.g. "
+                      f"{reference.skipped[0]}.", stacklevel=3)
+    if not reference.images:
+        raise DataError(f"None of the images in {reference.source} could be read ({len(reference.skipped)} tried).")
+    return reference
 
 
 def find_classifier(search_dirs: Sequence[str | os.PathLike] | None = None) -> str | None:

@@ -15,7 +15,6 @@ import logging
 import math
 import numbers
 import os
-import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -108,19 +107,20 @@ class CXRPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "CXRPipeline":
         """Load from a local folder, a Hub id, or the Hub cache (`HF_HUB_OFFLINE=1`), with a clear error if missing."""
-        path = os.fspath(pretrained_model_name_or_path)
+        from ..hub import check_model_location, load_failure, refuse_unsafe_weights
+
+        path = check_model_location(pretrained_model_name_or_path, "model")
         if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "model_index.json")):
             raise ModelLoadingError(f"{path!r} is a folder but has no model_index.json: it is not a saved CXRPipeline.")
-        looks_like_repo_id = re.fullmatch(r"[\w.-]+(/[\w.-]+)?", path) is not None and not path.startswith(".")
-        if not looks_like_repo_id and not os.path.isdir(path):
-            raise ModelLoadingError(f"Model folder {path!r} does not exist.")
+        if os.path.isdir(path):
+            refuse_unsafe_weights(path)
+        kwargs.setdefault("use_safetensors", True)  # never unpickle weights
         try:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         except CXRInputError:
             raise
         except (OSError, ValueError, EnvironmentError, RuntimeError, KeyError, TypeError) as err:
-            first_line = str(err).strip().split("\n")[0]
-            raise ModelLoadingError(f"Could not load a CXRPipeline from {path!r}: {first_line}") from err
+            raise load_failure(path, err, "CXRPipeline") from err
 
     # ------------------------------------------------------------------ properties
     @property
