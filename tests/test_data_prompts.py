@@ -1,5 +1,7 @@
 """Prompts and the shared finding vocabulary (cxr_diffusers.data.prompts)."""
 
+import pytest
+
 from cxr_diffusers.data import FINDINGS, NO_FINDING, PromptBuilder, build_prompt, clean_report, normalize_finding
 from cxr_diffusers.data.covid import parse_covid_finding
 from cxr_diffusers.data.nih import NIH_FINDINGS
@@ -114,3 +116,27 @@ def test_training_prompts_are_seeded_and_varied():
 def test_training_mode_can_emit_empty_prompts():
     builder = PromptBuilder(training=True, seed=0, p_empty=1.0)
     assert builder({"labels": []}) == ""
+
+
+@pytest.mark.parametrize(
+    "prompt, expected",
+    [
+        ("Pediatric chest radiograph. Findings: pneumonia.", "PNEUMONIA"),
+        ("PA chest radiograph. Findings: right lower lobe Pneumonia.", "PNEUMONIA"),
+        ("Chest radiograph. Resolved pneumonia.", "NORMAL"),
+        ("Chest radiograph. No evidence of pneumonia.", "NORMAL"),
+        ("Chest radiograph. Negative for pneumonia.", "NORMAL"),
+        ("Pediatric chest radiograph. No acute cardiopulmonary abnormality.", "NORMAL"),
+        ("Findings: cardiomegaly.", None),
+        ("", None),
+    ],
+)
+def test_training_and_evaluation_read_a_prompt_the_same_way(prompt, expected):
+    """Before: label_from_prompt read "resolved pneumonia" as NORMAL and expected_class as PNEUMONIA."""
+    from cxr_diffusers.classification import label_from_prompt
+    from cxr_diffusers.data.prompts import pneumonia_class_from_prompt
+    from cxr_diffusers.evaluation.conditioning import expected_class
+
+    assert pneumonia_class_from_prompt(prompt) == expected
+    assert label_from_prompt(prompt) == {"PNEUMONIA": 1, "NORMAL": 0, None: None}[expected]
+    assert expected_class(prompt) == (expected or "NORMAL")

@@ -28,7 +28,6 @@ import io
 import json
 import math
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,26 +220,12 @@ def stratified_subset(records: list[Record], count: int | None, seed: int = 0) -
 
 
 # --------------------------------------------------------------------------------------------------- synthetic data
-_NEGATED_PNEUMONIA = re.compile(r"\b(no|without|negative for|free of|absence of|resolved)\s+(\w+\s+){0,2}pneumonia\b")
-_PNEUMONIA = re.compile(r"\bpneumonia\b")
-_NORMAL = re.compile(
-    r"\b(no acute|normal|no finding|no findings|no abnormality|no abnormalities|unremarkable|lungs are clear|"
-    r"clear lungs|healthy)\b"
-)
-
-
 def label_from_prompt(prompt: str) -> int | None:
-    """1 (PNEUMONIA), 0 (NORMAL) or None (cannot tell) from a generation prompt.
+    """1 (PNEUMONIA), 0 (NORMAL) or None (cannot tell) from a generation prompt (`pneumonia_class_from_prompt`)."""
+    from ..data.prompts import pneumonia_class_from_prompt
 
-    "pneumonia" (not negated) -> 1; otherwise a normal phrase ("no acute ...", "normal", "no finding", "unremarkable",
-    "no pneumonia", ...) -> 0. Prompts that name other findings only (e.g. "pleural effusion") are None.
-    """
-    text = " ".join(str(prompt or "").lower().split())
-    if _PNEUMONIA.search(_NEGATED_PNEUMONIA.sub(" ", text)):
-        return 1
-    if _NORMAL.search(text) or _NEGATED_PNEUMONIA.search(text):
-        return 0
-    return None
+    found = pneumonia_class_from_prompt(prompt)
+    return None if found is None else LABEL2ID[found]
 
 
 def _parse_label(value: Any) -> int | None:

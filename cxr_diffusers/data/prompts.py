@@ -579,3 +579,32 @@ def _population(source: str) -> str:
 def prompt_from_example(example: Mapping, max_chars: int | None = None) -> str:
     """The deterministic prompt of one dataset row (what the loaders write into `prompt`)."""
     return build_prompt(**_fields(example), max_chars=max_chars)
+
+
+# ------------------------------------------------------------------------------------------ prompt -> class
+_NEGATED_PNEUMONIA = re.compile(
+    r"\b(no|without|negative for|free of|absence of|resolved|resolving)\s+(\w+\s+){0,2}pneumonia\b"
+)
+_PNEUMONIA_WORD = re.compile(r"\bpneumonia\b")
+_NORMAL_PHRASE = re.compile(
+    r"\b(no acute|normal|no finding|no findings|no abnormality|no abnormalities|unremarkable|lungs are clear|"
+    r"clear lungs|healthy)\b"
+)
+
+
+def pneumonia_class_from_prompt(prompt: str | None) -> str | None:
+    """
+    "PNEUMONIA", "NORMAL" or None (cannot tell) for a prompt: the one reading of a prompt's class that training
+    (synthetic labels) and evaluation (prompt agreement) share.
+
+    Pneumonia named and not negated ("no", "without", "negative for", "free of", "absence of", "resolved",
+    "resolving" up to two words before it) -> PNEUMONIA; a normal phrase ("no acute ...", "normal", "unremarkable",
+    ...) or a negated pneumonia -> NORMAL; prompts that name other findings only (e.g. "pleural effusion") -> None.
+    """
+    text = " ".join(str(prompt or "").lower().split())
+    if _PNEUMONIA_WORD.search(_NEGATED_PNEUMONIA.sub(" ", text)):
+        return "PNEUMONIA"
+    if _NORMAL_PHRASE.search(text) or _NEGATED_PNEUMONIA.search(text):
+        return "NORMAL"
+    return None
+

@@ -5,19 +5,19 @@
     result = conditioning_agreement(expected=[expected_class(p) for p in image_prompts],
                                     predicted=classifier.predict(images))
 
-The expected class of a prompt is PNEUMONIA when it mentions pneumonia (and does not negate it), NORMAL otherwise;
+The expected class of a prompt is PNEUMONIA when it mentions pneumonia (and does not negate it), NORMAL otherwise
+(`cxr_diffusers.data.prompts.pneumonia_class_from_prompt`, which training shares);
 the classifier's label names (`config.id2label`) are matched case-insensitively.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from ..data.prompts import build_prompt
+from ..data.prompts import build_prompt, pneumonia_class_from_prompt
 from ..errors import CXRInputError
 
 __all__ = [
@@ -36,15 +36,10 @@ DEFAULT_PROMPTS: dict[str, str] = {
     "PNEUMONIA": build_prompt(["pneumonia"], population="pediatric"),
 }
 
-_NEGATED = re.compile(r"\b(no|without|negative for|free of)\b[^.]{0,40}\bpneumonia")
-
-
 def expected_class(prompt: str) -> str:
-    """"PNEUMONIA" when the prompt mentions pneumonia without negating it, else "NORMAL"."""
-    text = prompt.lower()
-    if "pneumonia" in text and not _NEGATED.search(text):
-        return "PNEUMONIA"
-    return "NORMAL"
+    """The class a pneumonia-vs-rest classifier should give an image of `prompt`: `pneumonia_class_from_prompt`,
+    with prompts that name other findings only counted as NORMAL (not pneumonia)."""
+    return pneumonia_class_from_prompt(prompt) or "NORMAL"
 
 
 def label_from_labels(labels: Sequence[str] | None) -> str | None:
