@@ -144,3 +144,38 @@ def test_evaluate_with_a_fixed_feature_vae(tiny_model, tmp_path, capsys):
     assert abs(fixed - own) > 1e-3 * max(abs(own), 1e-6)
     assert main(args + ["--output-dir", str(tmp_path / "bad"), "--feature-vae", str(tmp_path / "missing")]) == 2
     assert "Could not load a CXRAutoencoderKL" in capsys.readouterr().err
+
+
+def test_prompt_groups_protocol_reports_fidelity_per_group_with_floors(tiny_model, tmp_path):
+    """`--prompt-groups`: one prompt per group; histogram W1, sharpness ratio and spectrum distance per group."""
+    import datasets
+
+    files = sorted(str(p) for p in (FIXTURES_DIR / "kermany").rglob("*.jpeg")) + sorted(
+        str(p) for p in (FIXTURES_DIR / "nih").glob("*.png"))
+    rows = {"image": files * 2, "source": (["kermany"] * 3 + ["nih_subset"] * 3) * 2,
+            "labels": [["pneumonia"] if ("PNEUMONIA" in f or "/Pn_" in f) else [] for f in files] * 2}
+    data = datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image(mode="L"))
+    datasets.DatasetDict({"test": data}).save_to_disk(tmp_path / "real")
+    out = tmp_path / "eval"
+    assert main(["evaluate", tiny_model, "--real", str(tmp_path / "real"), "--no-train", "--prompt-groups",
+                 "-n", "2", "--steps", "2", "--classifier", "none", "--features", "vae", "-o", str(out),
+                 "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["config"]["prompts"]) == 4 and metrics["counts"]["generated"] == 8
+    fidelity = metrics["fidelity"]
+    assert {"all", "pediatric normal", "pediatric pneumonia", "adult normal", "adult pneumonia"} <= set(fidelity)
+    for entry in fidelity.values():
+        assert entry["histogram_w1"] >= 0 and entry["sharpness_ratio"] > 0 and entry["spectrum_distance"] >= 0
+    assert fidelity["all"]["real_vs_real"]["histogram_w1"] >= 0 and fidelity["all"]["n_real"] == 12
+
+
+def test_run_evaluation_leaves_the_callers_scheduler_alone(tiny_model, tmp_path):
+    from cxr_diffusers import CXRPipeline
+    from cxr_diffusers.evaluation.runner import EvaluationConfig, load_reference, run_evaluation
+
+    pipe = CXRPipeline.from_pretrained(tiny_model)
+    before = pipe.scheduler
+    config = EvaluationConfig(num_images_per_prompt=1, num_inference_steps=2, scheduler="ddim", features=(),
+                              save_images=False, progress=False)
+    metrics = run_evaluation(pipe, load_reference(FIXTURES_DIR).images, tmp_path, config)
+    assert pipe.scheduler is before and metrics["config"]["scheduler"] == "DDIMScheduler"

@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-train", type=int, default=1000, help="at most this many training images (default 1000)")
     parser.add_argument("--prompt", "-p", action="append", default=None,
                         help="prompt (repeat for several; default: one 'normal' and one 'pneumonia' prompt)")
+    parser.add_argument("--prompt-groups", action="store_true",
+                        help="the fixed protocol: one prompt per group (pediatric/adult x normal/pneumonia)")
     parser.add_argument("--num-images", "-n", type=int, default=50, help="images per prompt (default 50)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per pipeline call (default 8)")
     parser.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
@@ -68,7 +70,7 @@ def evaluate_from_args(args: argparse.Namespace, model: str) -> dict:
     import torch
 
     from ..errors import CXRInputError
-    from ..evaluation.conditioning import DEFAULT_PROMPTS
+    from ..evaluation.conditioning import DEFAULT_PROMPTS, GROUP_PROMPTS
     from ..evaluation.memorization import DEFAULT_COSINE_THRESHOLD, DEFAULT_SSIM_THRESHOLD
     from ..evaluation.runner import FEATURE_CHOICES, EvaluationConfig, find_classifier, load_reference, run_evaluation
     from ..pipelines import CXRPipeline
@@ -94,7 +96,7 @@ def evaluate_from_args(args: argparse.Namespace, model: str) -> dict:
     if not args.no_train:
         train = load_reference(args.train_data or args.real, args.train_split, max_images=args.max_train, seed=args.seed)
     config = EvaluationConfig(
-        prompts=args.prompt or list(DEFAULT_PROMPTS.values()),
+        prompts=args.prompt or list((GROUP_PROMPTS if args.prompt_groups else DEFAULT_PROMPTS).values()),
         num_images_per_prompt=args.num_images,
         seed=args.seed,
         batch_size=args.batch_size,
@@ -116,7 +118,7 @@ def evaluate_from_args(args: argparse.Namespace, model: str) -> dict:
              "classifier": None if classifier is None else str(classifier)}
     return run_evaluation(pipe, real.images, args.output_dir, config,
                           train_images=None if train is None else train.images,
-                          real_classes=real.classes, classifier=classifier, extra=extra)
+                          real_classes=real.classes, real_groups=real.groups, classifier=classifier, extra=extra)
 
 
 def _line(metrics: dict) -> str:

@@ -23,6 +23,7 @@ from ..errors import CXRInputError
 __all__ = [
     "CLASSES",
     "DEFAULT_PROMPTS",
+    "GROUP_PROMPTS",
     "conditioning_agreement",
     "expected_class",
     "label_from_labels",
@@ -34,6 +35,14 @@ CLASSES = ("NORMAL", "PNEUMONIA")
 DEFAULT_PROMPTS: dict[str, str] = {
     "NORMAL": build_prompt([], population="pediatric"),
     "PNEUMONIA": build_prompt(["pneumonia"], population="pediatric"),
+}
+
+#: One prompt per prompt group (`evaluation.fidelity.GROUPS`): the fixed protocol of `evaluate --prompt-groups`.
+GROUP_PROMPTS: dict[str, str] = {
+    "pediatric normal": DEFAULT_PROMPTS["NORMAL"],
+    "pediatric pneumonia": DEFAULT_PROMPTS["PNEUMONIA"],
+    "adult normal": build_prompt([], population="adult"),
+    "adult pneumonia": build_prompt(["pneumonia"], population="adult"),
 }
 
 def expected_class(prompt: str) -> str:

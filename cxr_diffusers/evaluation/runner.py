@@ -30,11 +30,13 @@ from ..errors import CXRInputError, DataError
 from ..provenance import attach_provenance, make_record
 from .conditioning import (
     DEFAULT_PROMPTS,
+    GROUP_PROMPTS,
     check_classifier_labels,
     conditioning_agreement,
     expected_class,
     label_from_labels,
 )
+from .fidelity import example_group, grouped_fidelity, prompt_group
 from .distribution import (
     ClassifierFeatureExtractor,
     InceptionFeatureExtractor,
@@ -90,6 +92,7 @@ class Reference:
     classes: list[str | None]
     source: str
     skipped: list[str] = field(default_factory=list)  # unreadable images, left out (and counted)
+    groups: list[str | None] | None = None  # prompt group per image (`fidelity.example_group`), where known
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -134,8 +137,11 @@ def load_reference(path: str | os.PathLike, split: str = "test", max_images: int
             raise DataError(f"The dataset {root} has no {split!r} split (it has {', '.join(dsd)}).")
         ds = dsd[split]
         rows = ds.select(_subsample(len(ds), max_images, seed))
-        labels = rows["labels"] if "labels" in rows.column_names else [None] * len(rows)
-        images, classes, skipped = [], [], []
+        columns = rows.column_names
+        labels = rows["labels"] if "labels" in columns else [None] * len(rows)
+        sources = rows["source"] if "source" in columns else [None] * len(rows)
+        ages = rows["age"] if "age" in columns else [None] * len(rows)
+        images, classes, groups, skipped = [], [], [], []
         for index in range(len(rows)):
             try:
                 images.append(rows[index]["image"].convert("L"))
@@ -143,7 +149,8 @@ def load_reference(path: str | os.PathLike, split: str = "test", max_images: int
                 skipped.append(f"row {index} ({type(err).__name__})")
                 continue
             classes.append(label_from_labels(labels[index]))
-        return _checked_reference(Reference(images, classes, f"{root}:{split}", skipped))
+            groups.append(example_group(sources[index], labels[index], ages[index]))
+        return _checked_reference(Reference(images, classes, f"{root}:{split}", skipped, groups))
     files = sorted(f for f in glob.glob(str(root / "**" / "*"), recursive=True) if f.lower().endswith(IMAGE_EXTENSIONS))
     if not files:
         raise DataError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) were found under {root}.")
@@ -306,6 +313,10 @@ def _diversity(images, pairs: int, seed: int) -> dict[str, float] | None:
 
 
 def _class_name(prompt: str, config_prompts: Sequence[str]) -> str:
+    if set(config_prompts) <= set(GROUP_PROMPTS.values()) and not set(config_prompts) <= set(DEFAULT_PROMPTS.values()):
+        for name, text in GROUP_PROMPTS.items():
+            if text == prompt:
+                return name
     for name, text in DEFAULT_PROMPTS.items():
         if text == prompt:
             return name.lower()
@@ -347,6 +358,7 @@ def run_evaluation(
     *,
     train_images: Any = None,
     real_classes: Sequence[str | None] | None = None,
+    real_groups: Sequence[str | None] | None = None,
     classifier: str | os.PathLike | ClassifierFeatureExtractor | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -358,6 +370,7 @@ def run_evaluation(
         config: an `EvaluationConfig`.
         train_images: training images for the memorisation audit and the `real_vs_real` baseline (train vs test).
         real_classes: NORMAL / PNEUMONIA per real image, to report the classifier's accuracy on real images.
+        real_groups: prompt group per real image (`fidelity.example_group`), for the per-group fidelity measures.
         classifier: a `transformers` image-classification folder (or a `ClassifierFeatureExtractor`) for classifier
             features and the conditioning check.
         extra: more entries for metrics.json (e.g. the model and data paths).
@@ -370,7 +383,10 @@ def run_evaluation(
     if config.scheduler:
         from ..schedulers import scheduler_from_name
 
-        pipe.scheduler = scheduler_from_name(config.scheduler, pipe.scheduler.config)
+        # A pipeline of the same modules with its own scheduler: the caller's `pipe.scheduler` is left as it was.
+        progress_config = dict(getattr(pipe, "_progress_bar_config", {}))
+        pipe = type(pipe)(**{**pipe.components, "scheduler": scheduler_from_name(config.scheduler, pipe.scheduler.config)})
+        pipe.set_progress_bar_config(**progress_config)
     if isinstance(classifier, (str, os.PathLike)):
         classifier = ClassifierFeatureExtractor.from_pretrained(classifier)
 
@@ -400,7 +416,12 @@ def run_evaluation(
         "available_extractors": available_extractors(),
     }
 
-    # 2. per-image statistics and diversity
+    # 2. image-space fidelity (intensity histogram, sharpness, power spectrum) with real-vs-real floors, per group
+    metrics["fidelity"] = grouped_fidelity(
+        generated, [prompt_group(p) for p in image_prompts], real,
+        list(real_groups) if real_groups is not None else [None] * len(real), seed=config.seed)
+
+    # 2b. per-image statistics and diversity
     metrics["per_image"] = {"real": _stats_summary(real), "generated": _stats_summary(generated)}
     for p, images in by_prompt.items():
         metrics["per_image"][f"generated: {_class_name(p, config.prompts)}"] = _stats_summary(images)
