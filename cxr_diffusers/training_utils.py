@@ -126,13 +126,12 @@ def load_training_dataset(train_data_dir: str | None = None, dataset_name: str |
 
 def image_to_tensor(image, resolution: int | None = None) -> torch.Tensor:
     """PIL image -> float tensor (1, H, W) in [-1, 1], resized/padded to `resolution` with aspect ratio kept."""
+    from .data.transforms import resize_and_pad, to_tensor
+
     image = image.convert("L")
     if resolution is not None and image.size != (resolution, resolution):
-        from .data.transforms import resize_and_pad
-
         image = resize_and_pad(image, resolution)
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array)[None]
+    return to_tensor(image)
 
 
 def random_crop(tensor: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -35,7 +35,7 @@ from .prompts import (
 )
 from .schema import COMMON_COLUMNS, SPLITS, VIEWS, common_features
 from .splits import assign_patient_splits, check_patient_disjoint
-from .transforms import make_train_transform, resize_and_pad, to_tensor, with_resolution
+from .transforms import resize_and_pad, to_tensor, with_resolution
 
 concatenate = concatenate_sources
 
@@ -77,7 +77,6 @@ __all__ = [
     "load_pneumonia",
     "load_pneumoniamnist",
     "load_saved",
-    "make_train_transform",
     "normalize_finding",
     "normalize_findings",
     "prompt_from_example",

@@ -11,7 +11,7 @@
 self-contained. With `resolution`, the images are resized and padded once while saving (streamed in small batches
 through arrow files on disk: memory stays flat) so the saved copy is small and ready for training; without it the
 original file bytes are stored unchanged. For training on a loaded dataset without saving, use
-`transforms.with_resolution` / `make_train_transform`, which work on access and copy nothing.
+`transforms.with_resolution`, which works on access and copies nothing.
 """
 
 from __future__ import annotations

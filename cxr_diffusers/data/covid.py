@@ -24,6 +24,7 @@ from pathlib import Path
 import datasets
 from datasets import Value
 
+from .citations import BIBTEX
 from ._assemble import assemble, make_info
 from .checks import LoadReport, read_csv, require_dir
 from .prompts import build_prompt, clean_report
@@ -32,11 +33,7 @@ from .splits import assign_patient_splits
 
 __all__ = ["load_covid_notes", "parse_covid_finding"]
 
-CITATION = """@article{cohen2020covid,
-  title={COVID-19 Image Data Collection: Prospective Predictions Are the Future},
-  author={Cohen, Joseph Paul and Morrison, Paul and Dao, Lan and Roth, Karsten and Duong, Tim Q and Ghassemi, Marzyeh},
-  journal={Machine Learning for Biomedical Imaging}, volume={1}, pages={1--38}, year={2020}
-}"""
+CITATION = BIBTEX["covid"]
 
 REQUIRED = ["patientid", "finding", "view", "modality", "filename", "sex", "age", "clinical_notes"]
 

@@ -32,6 +32,7 @@ import datasets
 from datasets import Value
 
 from ..errors import DataError
+from .citations import BIBTEX
 from ._assemble import assemble, make_info
 from .checks import LoadReport, read_csv, require_dir, require_file
 from .prompts import normalize_findings, prompt_from_example
@@ -40,12 +41,7 @@ from .splits import assign_patient_splits
 
 __all__ = ["load_indiana"]
 
-CITATION = """@article{demner2016preparing,
-  title={Preparing a collection of radiology examinations for distribution and retrieval},
-  author={Demner-Fushman, Dina and Kohli, Marc D. and Rosenman, Marc B. and others},
-  journal={Journal of the American Medical Informatics Association}, volume={23}, number={2}, pages={304--310},
-  year={2016}
-}"""
+CITATION = BIBTEX["indiana"]
 
 REPORT_COLUMNS = ["uid", "MeSH", "Problems", "findings", "impression"]
 PROJECTION_COLUMNS = ["uid", "filename", "projection"]

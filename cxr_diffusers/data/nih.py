@@ -33,6 +33,7 @@ import datasets
 from datasets import List, Value
 
 from ..errors import DataError
+from .citations import BIBTEX
 from ._assemble import assemble, make_info
 from .checks import (
     LoadReport,
@@ -49,17 +50,8 @@ from .splits import assign_patient_splits
 
 __all__ = ["NIH_FINDINGS", "load_nih", "load_nih_subset"]
 
-NIH_CITATION = """@inproceedings{wang2017chestxray8,
-  title={ChestX-ray8: Hospital-scale Chest X-ray Database and Benchmarks on Weakly-Supervised Classification and
-         Localization of Common Thorax Diseases},
-  author={Wang, Xiaosong and Peng, Yifan and Lu, Le and Lu, Zhiyong and Bagheri, Mohammadhadi and Summers, Ronald M.},
-  booktitle={CVPR}, pages={2097--2106}, year={2017}
-}"""
-COVID_COLLECTION_CITATION = """@article{cohen2020covid,
-  title={COVID-19 Image Data Collection: Prospective Predictions Are the Future},
-  author={Cohen, Joseph Paul and Morrison, Paul and Dao, Lan and Roth, Karsten and Duong, Tim Q and Ghassemi, Marzyeh},
-  journal={Machine Learning for Biomedical Imaging}, volume={1}, pages={1--38}, year={2020}
-}"""
+NIH_CITATION = BIBTEX["nih"]
+COVID_COLLECTION_CITATION = BIBTEX["covid"]
 
 #: The 14 NIH findings in the spelling of Data_Entry_2017.csv.
 NIH_FINDINGS = (

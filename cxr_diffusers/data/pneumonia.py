@@ -32,6 +32,7 @@ import datasets
 from datasets import Value
 
 from ..errors import DataError
+from .citations import BIBTEX
 from ._assemble import assemble, make_info, subsample
 from .checks import IMAGE_EXTENSIONS, LoadReport, require_dir, require_file
 from .prompts import build_prompt
@@ -40,16 +41,8 @@ from .splits import OVERLAP_POLICIES, assign_patient_splits, shared_patients
 
 __all__ = ["find_kermany_root", "kermany_patient_id", "load_pneumonia", "load_pneumoniamnist"]
 
-KERMANY_CITATION = """@article{kermany2018identifying,
-  title={Identifying Medical Diagnoses and Treatable Diseases by Image-Based Deep Learning},
-  author={Kermany, Daniel S. and Goldbaum, Michael and Cai, Wenjia and others},
-  journal={Cell}, volume={172}, number={5}, pages={1122--1131}, year={2018}
-}"""
-MEDMNIST_CITATION = """@article{yang2023medmnist,
-  title={MedMNIST v2 - A large-scale lightweight benchmark for 2D and 3D biomedical image classification},
-  author={Yang, Jiancheng and Shi, Rui and Wei, Donglai and others},
-  journal={Scientific Data}, volume={10}, number={1}, pages={41}, year={2023}
-}"""
+KERMANY_CITATION = BIBTEX["kermany"]
+MEDMNIST_CITATION = BIBTEX["medmnist"]
 
 CLASSES = ("NORMAL", "PNEUMONIA")
 _OFFICIAL = {"train": "train", "val": "validation", "test": "test"}

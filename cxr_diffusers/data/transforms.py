@@ -1,28 +1,24 @@
-"""Image transforms for training and for building datasets: aspect-preserving resize + pad, crops, tensors.
+"""Image transforms for building datasets and for training: aspect-preserving resize + pad, and tensors.
 
-All functions work on one-channel PIL images and are applied lazily with `Dataset.with_transform` /
+All functions work on one-channel PIL images and can be applied lazily with `Dataset.with_transform` /
 `set_transform`, so the data are never copied::
 
     ds = load_pneumonia(root)["train"]
-    ds256 = with_resolution(ds, 256)                      # PIL images, 256x256, aspect ratio kept (padded)
-    train = ds.with_transform(make_train_transform(256))  # {"pixel_values": (1,256,256) in [-1,1], "prompt": str}
+    ds256 = with_resolution(ds, 256)        # PIL images, 256x256, aspect ratio kept (padded)
+    x = to_tensor(ds256[0]["image"])        # (1, 256, 256) float32 in [-1, 1], what the VAE takes
 
-torch is imported only by the functions that return tensors.
+The training scripts build their batches with `cxr_diffusers.training_utils.image_to_tensor` (these two functions)
+and crop tensors there. torch is imported only by the functions that return tensors.
 """
 
 from __future__ import annotations
 
 import io
-import random
-from collections.abc import Callable
 
 import PIL.Image
 
 __all__ = [
-    "center_crop",
     "encode_png",
-    "make_train_transform",
-    "random_crop",
     "resize_and_pad",
     "to_tensor",
     "with_resolution",
@@ -67,24 +63,6 @@ def resize_and_pad(
     return canvas
 
 
-def center_crop(image: PIL.Image.Image, size: int | tuple[int, int]) -> PIL.Image.Image:
-    """The centred `size` crop (int or (height, width))."""
-    crop_w, crop_h = _size(size)
-    w, h = image.size
-    left, top = max(0, (w - crop_w) // 2), max(0, (h - crop_h) // 2)
-    return image.crop((left, top, left + crop_w, top + crop_h))
-
-
-def random_crop(image: PIL.Image.Image, size: int | tuple[int, int], rng: random.Random) -> PIL.Image.Image:
-    """A random `size` crop drawn with `rng` (for VAE training on patches)."""
-    crop_w, crop_h = _size(size)
-    w, h = image.size
-    if crop_w > w or crop_h > h:
-        raise ValueError(f"crop {crop_w}x{crop_h} is larger than the image {w}x{h}")
-    left, top = rng.randint(0, w - crop_w), rng.randint(0, h - crop_h)
-    return image.crop((left, top, left + crop_w, top + crop_h))
-
-
 def to_tensor(image: PIL.Image.Image):
     """A float32 torch tensor of shape (1, H, W) scaled to [-1, 1]."""
     import numpy as np
@@ -115,53 +93,6 @@ def with_resolution(dataset, resolution: int | tuple[int, int], *, image_column:
         return batch
 
     return dataset.with_transform(transform)
-
-
-def make_train_transform(
-    resolution: int | tuple[int, int],
-    *,
-    crop_size: int | tuple[int, int] | None = None,
-    center: bool = False,
-    prompt_builder: Callable[[dict], str] | None = None,
-    image_column: str = "image",
-    prompt_column: str = "prompt",
-    seed: int | None = 0,
-    keep_columns: tuple[str, ...] = ("labels", "source"),
-) -> Callable[[dict], dict]:
-    """A `with_transform` function producing training tensors.
-
-    Each image is resized and padded to `resolution` (aspect ratio kept), optionally cropped to `crop_size` (random,
-    seeded; centred with `center=True`) for VAE training on patches, and returned as `pixel_values`: a (1, H, W)
-    float tensor in [-1, 1]. The prompt is the `prompt` column, or `prompt_builder(example)` (e.g.
-    `PromptBuilder(training=True, seed=...)`) when given. Horizontal flips are deliberately not offered: they move
-    the heart to the right.
-
-    Returns a function for `dataset.with_transform(...)`; its output has `pixel_values`, `prompt` and the
-    `keep_columns` present in the batch.
-    """
-    rng = random.Random(seed)
-
-    def transform(batch: dict) -> dict:
-        images = batch[image_column]
-        pixel_values = []
-        for image in images:
-            image = resize_and_pad(image, resolution)
-            if crop_size is not None:
-                image = center_crop(image, crop_size) if center else random_crop(image, crop_size, rng)
-            pixel_values.append(to_tensor(image))
-        out = {"pixel_values": pixel_values}
-        if prompt_builder is not None:
-            keys = list(batch)
-            rows = [{k: batch[k][i] for k in keys if k != image_column} for i in range(len(images))]
-            out["prompt"] = [prompt_builder(row) for row in rows]
-        elif prompt_column in batch:
-            out["prompt"] = list(batch[prompt_column])
-        for column in keep_columns:
-            if column in batch:
-                out[column] = list(batch[column])
-        return out
-
-    return transform
 
 
 def resize_batch_to_png(batch: dict, resolution: int | tuple[int, int], image_column: str = "image") -> dict:

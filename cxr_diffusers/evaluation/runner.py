@@ -52,7 +52,7 @@ from .report import plot_intensity_histograms, plot_metric_bars, save_real_vs_ge
 
 __all__ = ["EvaluationConfig", "Reference", "find_classifier", "generate_images", "load_reference", "run_evaluation"]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
 FEATURE_CHOICES = ("vae", "classifier", "inception", "xrv")
 
 
