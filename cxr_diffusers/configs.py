@@ -1,8 +1,12 @@
 """Named model configurations: `tiny` (tests, seconds on CPU), `small` (the CPU-trainable default), `base` (the
 published sizes: VAE 3.25M, UNet 39.66M, BioBERT text encoder 108.9M with ~593K trainable).
 
-`MODEL_CONFIGS[name]` holds the `config` keyword arguments of each component; `create_components(name)` builds the
-randomly initialised models (and a tokenizer) that `CXRPipeline` assembles.
+The one registry of model sizes: `MODEL_CONFIGS[name]` holds the `config` keyword arguments of each component of
+the text-to-X-ray pipeline (`vae`, `unet`, `text_encoder`), of the unconditional `diffusers.UNet2DModel` of
+`train_ddpm.py` (`ddpm`: sample size and the one grey channel come from the script's flags) and the pneumonia
+classifier's architecture (`classifier`). Every training script's `--model_config NAME` picks its part of the same
+entry. `create_components(name)` builds the randomly initialised models (and a tokenizer) that `CXRPipeline`
+assembles.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from .errors import CXRInputError
 
 _D, _CA = "DownBlock2D", "CrossAttnDownBlock2D"
 _U, _CU = "UpBlock2D", "CrossAttnUpBlock2D"
+_AD, _AU = "AttnDownBlock2D", "AttnUpBlock2D"
 
 # BERT body of the offline all-MiniLM-L6-v2 checkpoint (uncased WordPiece vocabulary of 30522 tokens).
 MINILM_BERT_CONFIG: dict[str, Any] = {
@@ -65,6 +70,10 @@ MODEL_CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
             },
             "projection_dim": 32,
         },
+        # 0.65M parameters; attention only in the mid block.
+        "ddpm": {"block_out_channels": (32, 64), "layers_per_block": 1, "down_block_types": (_D, _D),
+                 "up_block_types": (_U, _U), "attention_head_dim": 32},
+        "classifier": {"architecture": "resnet-18"},
     },
     "small": {
         "vae": {
@@ -88,6 +97,11 @@ MODEL_CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
             "norm_num_groups": 32,
         },
         "text_encoder": {"bert_config": MINILM_BERT_CONFIG, "projection_dim": 384},
+        # 15.5M parameters; attention at the lowest (8x8 for 64 px) level and in the mid block. CPU-trainable at 64 px.
+        # `attention_head_dim` is the width of one head in UNet2DModel: wide heads are fast on a CPU.
+        "ddpm": {"block_out_channels": (32, 64, 128, 256), "layers_per_block": 2, "down_block_types": (_D, _D, _D, _AD),
+                 "up_block_types": (_AU, _U, _U, _U), "attention_head_dim": 64},
+        "classifier": {"architecture": "resnet-18"},
     },
     "base": {
         "vae": {
@@ -113,6 +127,11 @@ MODEL_CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
         },
         # BioBERT v1.1's architecture (the class default); `from_bert(BIOBERT_ID)` loads its weights online.
         "text_encoder": {"bert_config": None, "projection_dim": 768},
+        # diffusers' train_unconditional.py UNet, one level shorter for 128 px: attention at 16x16 and 8x8. A GPU size.
+        "ddpm": {"block_out_channels": (128, 128, 256, 256, 512), "layers_per_block": 2,
+                 "down_block_types": (_D, _D, _D, _AD, _AD), "up_block_types": (_AU, _AU, _U, _U, _U),
+                 "attention_head_dim": 64},
+        "classifier": {"architecture": "resnet-50"},
     },
 }
 

@@ -35,7 +35,6 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "LABEL2ID",
-    "MODEL_CONFIG_ALIASES",
     "build_classifier",
     "load_classifier",
     "make_image_processor",
@@ -57,19 +56,23 @@ ARCHITECTURES = {
                   "layer_type": "bottleneck"},
 }
 HUB_CHECKPOINTS = {"resnet-18": "microsoft/resnet-18", "resnet-50": "microsoft/resnet-50"}
-#: the shared `--model_config` names of train_scripts/configs map onto an architecture
-MODEL_CONFIG_ALIASES = {"tiny": "resnet-18", "small": "resnet-18", "base": "resnet-50",
-                        "resnet18": "resnet-18", "resnet50": "resnet-50"}
+#: spellings of the architecture names
+_SPELLINGS = {"resnet18": "resnet-18", "resnet50": "resnet-50"}
 
 
 def resolve_architecture(name: str) -> str:
-    """`resnet-18` / `resnet-50` from an architecture name or a config alias (tiny, small, base)."""
+    """`resnet-18` / `resnet-50` from an architecture name or a named model size of `cxr_diffusers.configs`
+    (tiny, small, base: its `classifier` entry)."""
+    from ..configs import MODEL_CONFIGS
+
     key = str(name).strip().lower()
-    key = MODEL_CONFIG_ALIASES.get(key, key)
+    if key in MODEL_CONFIGS:
+        key = MODEL_CONFIGS[key]["classifier"]["architecture"]
+    key = _SPELLINGS.get(key, key)
     if key not in ARCHITECTURES:
         raise CXRInputError(
             f"Unknown classifier architecture {name!r}; use one of {', '.join(ARCHITECTURES)} "
-            f"(or {', '.join(MODEL_CONFIG_ALIASES)})."
+            f"(or a model size: {', '.join(MODEL_CONFIGS)})."
         )
     return key
 
