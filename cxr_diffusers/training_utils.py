@@ -41,8 +41,10 @@ def load_checkpoint(accelerator, checkpoint: str | os.PathLike) -> None:
     except CXRInputError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError, EOFError) as error:
-        first_line = str(error).strip().split("\n")[0] or type(error).__name__
-        raise CXRInputError(f"Cannot resume from {checkpoint}: {first_line}") from error
+        raise CXRInputError(
+            f"Cannot resume from {checkpoint}: it is not a complete checkpoint written by this script "
+            f"({type(error).__name__}); delete it or resume from an older one."
+        ) from error
 
 
 # ----------------------------------------------------------------------------------------------------- config files

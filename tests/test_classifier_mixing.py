@@ -74,7 +74,8 @@ def test_synthetic_mixing_with_seeds_and_the_duplicate_control(script, data_args
     for name in METRICS:
         values = written["test"][name]["values"]
         assert len(values) == 2 and written["test"][name]["mean"] == pytest.approx(sum(values) / 2)
-    assert summary["test"]["accuracy"]["std"] >= 0
+    accuracies = summary["test"]["accuracy"]["values"]
+    assert summary["test"]["accuracy"]["std"] == pytest.approx(abs(accuracies[0] - accuracies[1]) / 2 ** 0.5)
     counts = [json.loads((tmp_path / "mix" / f"seed-{s}" / "metrics.json").read_text())["data"]["train_counts"]
               for s in (0, 1)]
     real = counts[0]["real"]

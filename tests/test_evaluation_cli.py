@@ -56,7 +56,9 @@ def test_evaluate_end_to_end(tiny_model, tiny_classifier, tmp_path, capsys):
         entry = metrics["distribution"][extractor]
         for key in ("generated_vs_real", "real_vs_real", "generated_vs_real: normal", "generated_vs_real: pneumonia"):
             assert {"fd", "kid", "kid_std", "precision", "recall"} <= set(entry[key]), (extractor, key)
-        assert entry["generated_vs_real"]["fd"] >= 0
+        # the reference doubles as the training set here, so real-vs-real compares the set with a sample of itself;
+        # a random tiny pipeline must be farther away than that floor
+        assert entry["generated_vs_real"]["fd"] > 2 * entry["real_vs_real"]["fd"] > 0
     assert {"sharpness", "entropy", "mean_intensity", "std_intensity", "contrast_ratio"} <= set(
         metrics["per_image"]["generated"])
     assert metrics["diversity_ms_ssim"]["generated"]["pairs"] == 15
@@ -165,7 +167,7 @@ def test_prompt_groups_protocol_reports_fidelity_per_group_with_floors(tiny_mode
     fidelity = metrics["fidelity"]
     assert {"all", "pediatric normal", "pediatric pneumonia", "adult normal", "adult pneumonia"} <= set(fidelity)
     for entry in fidelity.values():
-        assert entry["histogram_w1"] >= 0 and entry["sharpness_ratio"] > 0 and entry["spectrum_distance"] >= 0
+        assert entry["histogram_w1"] > 0 and entry["sharpness_ratio"] > 0 and entry["spectrum_distance"] > 0
     assert fidelity["all"]["real_vs_real"]["histogram_w1"] >= 0 and fidelity["all"]["n_real"] == 12
 
 

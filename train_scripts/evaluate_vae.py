@@ -18,10 +18,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from cxr_diffusers import CXRAutoencoderKL
+from cxr_diffusers import CXRAutoencoderKL, CXRInputError
 from cxr_diffusers.hub import load_pretrained
 from cxr_diffusers.training_utils import load_training_dataset, run_script, vae_reconstruction_metrics
 from cxr_diffusers.utils.image_grid import make_grid
+from cxr_diffusers.utils.output_dir import check_writable_dir
 
 
 def main(argv=None) -> int:
@@ -36,6 +37,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.num_images < 1:
         parser.error("--num_images must be at least 1")
+    if args.resolution < 8 or args.resolution % 8:
+        parser.error(f"--resolution must be a positive multiple of 8, got {args.resolution}")
+    try:
+        check_writable_dir(args.output_dir, "--output_dir")
+    except CXRInputError as error:
+        parser.error(str(error))
 
     folder = Path(args.vae)
     vae = load_pretrained(CXRAutoencoderKL, folder / "vae" if (folder / "model_index.json").is_file() else folder, "VAE")

@@ -129,7 +129,9 @@ def build_classifier(architecture: str = "resnet-50", pretrained: str | None = "
                                                                  **_label_kwargs())
     except Exception as err:  # offline, missing, not a ResNet: requests / OSError / ValueError / EnvironmentError
         if choice.lower() != "auto":
-            raise ModelLoadingError(f"Cannot load a ResNet classifier from {source!r} ({type(err).__name__}).") from err
+            from ..hub import load_failure
+
+            raise load_failure(source, err, "ResNet classifier") from err
         model = ResNetForImageClassification(ResNetConfig(**ARCHITECTURES[arch], **_label_kwargs()))
         return model, processor, f"random initialisation (trained from scratch; {source} was not reachable)"
     note = "ImageNet-1k" if source in HUB_CHECKPOINTS.values() else "an earlier checkpoint"
@@ -179,15 +181,17 @@ def load_classifier(path: str | os.PathLike, device: str = "cpu"):
     import torch
     from transformers import AutoImageProcessor, ResNetForImageClassification
 
-    local = Path(path)
+    from ..hub import check_model_location, load_failure
+
+    local = Path(check_model_location(path, "classifier"))
     if local.exists() and not (local / "config.json").is_file():
         raise ModelLoadingError(f"{local} is not a classifier folder (no config.json); train one with "
                                 "train_scripts/train_classifier.py or pass --model.")
     try:
-        model = ResNetForImageClassification.from_pretrained(str(path), dtype=torch.float32)
+        model = ResNetForImageClassification.from_pretrained(str(path), dtype=torch.float32, use_safetensors=True)
         processor = AutoImageProcessor.from_pretrained(str(path))
     except Exception as err:
-        raise ModelLoadingError(f"Cannot load the classifier {str(path)!r} ({type(err).__name__}: {err}).") from err
+        raise load_failure(path, err, "classifier") from err
     if model.config.num_labels != 2:
         raise ModelLoadingError(f"{path} has {model.config.num_labels} labels; a NORMAL/PNEUMONIA classifier has 2.")
     return model.to(device).eval(), processor

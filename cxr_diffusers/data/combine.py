@@ -203,6 +203,8 @@ def save_dataset(
 def load_saved(path: str | os.PathLike) -> datasets.DatasetDict:
     """`datasets.load_from_disk` with a clear error when the folder is not a saved dataset."""
     path = Path(path)
+    if path.is_file():
+        raise DataError(f"{path} is a file; give the folder written by `cxr-diffusers data build`.")
     if not path.is_dir():
         raise DataError(f"The dataset folder {path} does not exist.")
     if not (path / "dataset_dict.json").is_file() and not (path / "state.json").is_file():

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.checks import IMAGE_EXTENSIONS
 from ..errors import CXRInputError, DataError
 from ..provenance import attach_provenance, make_record
 from .conditioning import (
