@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROMPT ?= PA chest radiograph of an adult. No acute cardiopulmonary abnormality.
 APP_ARGS ?=
 
-.PHONY: install test demo bench app clean-venv
+.PHONY: install test wheel-smoke demo bench app clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ install: $(STAMP)
 test: install
 	command -v chromium >/dev/null || (command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq chromium) || true
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -q tests
+
+# Build the wheel and smoke-test it installed in a throwaway venv, from outside the checkout (offline, ~40 s).
+wheel-smoke: install
+	PY=$(abspath $(PY)) .ci/smoke_wheel.sh
 
 demo: install
 	HF_HUB_OFFLINE=1 $(PY) -m cxr_diffusers.cli generate pretrained/cxr-ldm-small \

@@ -1,32 +1,27 @@
 """Model cards and Hub upload helpers.
 
-Cards are Jinja templates (`model_cards/*.md` in the repository, or any path) rendered with
+Cards are Jinja templates (`cxr_diffusers/model_cards/*.md`, shipped as package data, or any path) rendered with
 `huggingface_hub.ModelCard.from_template`; the YAML front matter comes from `ModelCardData`. Pushing is one call,
-`push_folder(folder, repo_id)`, which needs network access and a token (`huggingface-cli login`).
+`push_folder(folder, repo_id)`, which needs network access and a token (`hf auth login`); training scripts call
+`create_hub_repo(args)` first, so that a bad token or no network fails before training.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .data.citations import TEXT as CITATION_TEXT
 from .errors import CXRInputError, ModelLoadingError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TEMPLATES_DIR = REPO_ROOT / "model_cards"
+#: The card templates, package data of `cxr_diffusers` (declared in setup.cfg `[options.package_data]`).
+TEMPLATES_DIR = importlib.resources.files("cxr_diffusers") / "model_cards"
 
-DATA_CITATIONS = {
-    "kermany": "Kermany D. et al. Identifying medical diagnoses and treatable diseases by image-based deep learning. "
-    "Cell 172(5), 2018. Data: doi:10.17632/rscbjbr9sj.2 (CC BY 4.0).",
-    "nih": "Wang X. et al. ChestX-ray8: Hospital-scale chest X-ray database and benchmarks. CVPR 2017 "
-    "(NIH Clinical Center).",
-    "covid": "Cohen J.P. et al. COVID-19 image data collection. arXiv:2006.11988, 2020 (per-image licenses).",
-    "indiana": "Demner-Fushman D. et al. Preparing a collection of radiology examinations for distribution and "
-    "retrieval. JAMIA 23(2), 2016.",
-}
+DATA_CITATIONS = CITATION_TEXT  # one home: cxr_diffusers.data.citations
 
 
 def looks_like_hub_id(path: str) -> bool:
@@ -38,6 +33,8 @@ def looks_like_hub_id(path: str) -> bool:
 
 def check_model_location(path: str | os.PathLike, what: str = "model") -> str:
     """`path` as a string if it is an existing folder or could be a Hub id; else a one-sentence error."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ModelLoadingError(f"The {what} location must be a folder path or a Hub id, got {type(path).__name__}.")
     text = os.fspath(path)
     if os.path.isdir(text) or looks_like_hub_id(text):
         return text
@@ -93,14 +90,22 @@ def load_pretrained(cls, path: str | os.PathLike, what: str = "model", **kwargs)
 
 
 def render_model_card(template: str | os.PathLike, card_data: dict[str, Any] | None = None, **fields: Any) -> ModelCard:
-    """Render a Jinja model-card template (a path, or a name in `model_cards/`) with `fields`."""
+    """Render a Jinja model-card template (a path, or a name in `TEMPLATES_DIR`, see `list_templates`) with `fields`."""
     path = Path(template)
-    if not path.is_file():
-        path = TEMPLATES_DIR / f"{template}.md"
-    if not path.is_file():
-        raise CXRInputError(f"Model card template {template!r} not found (looked in {TEMPLATES_DIR}).")
+    resource = path if path.is_file() else TEMPLATES_DIR / f"{template}.md"
+    if not resource.is_file():
+        raise CXRInputError(f"Model card template {template!r} not found (looked in {TEMPLATES_DIR}; there are "
+                            f"{', '.join(list_templates()) or 'none'}).")
     data = ModelCardData(**(card_data or {}))
-    return ModelCard.from_template(data, template_path=str(path), **fields)
+    with importlib.resources.as_file(resource) as template_path:
+        return ModelCard.from_template(data, template_path=str(template_path), **fields)
+
+
+def list_templates() -> list[str]:
+    """Names of the bundled model-card templates (`pipeline`, `vae`, `ddpm`, `classifier`)."""
+    if not TEMPLATES_DIR.is_dir():  # an install without its package data
+        return []
+    return sorted(entry.name[: -len(".md")] for entry in TEMPLATES_DIR.iterdir() if entry.name.endswith(".md"))
 
 
 def save_model_card(folder: str | os.PathLike, template: str, card_data: dict[str, Any] | None = None, **fields) -> Path:
@@ -109,6 +114,44 @@ def save_model_card(folder: str | os.PathLike, template: str, card_data: dict[st
     out = Path(folder) / "README.md"
     card.save(out)
     return out
+
+
+def create_hub_repo(args: Any, private: bool = False) -> str | None:
+    """
+    Create (or find) the Hub repo of a training run before it trains, as diffusers' examples do, so that a bad token
+    or no network fails in one sentence instead of after the training. Uses `args.push_to_hub`, `args.hub_model_id`
+    (default: the name of `args.output_dir`) and `args.hub_token` (default: the saved login).
+
+    Returns the full repo id (`owner/name`), or None when `--push_to_hub` is off or on processes other than the main
+    one. Raises `CXRInputError` when the Hub cannot be reached or refuses the token.
+    """
+    if not getattr(args, "push_to_hub", False):
+        return None
+    from accelerate import PartialState
+    from huggingface_hub import create_repo, is_offline_mode
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+
+    if not PartialState().is_main_process:
+        return None
+    name = getattr(args, "hub_model_id", None) or Path(args.output_dir).name
+    if is_offline_mode():
+        raise CXRInputError(f"--push_to_hub cannot create the Hub repo {name!r} while HF_HUB_OFFLINE=1 is set; unset it "
+                            "or drop --push_to_hub.")
+    try:
+        return create_repo(repo_id=name, exist_ok=True, private=private, token=getattr(args, "hub_token", None)).repo_id
+    except HFValidationError as error:
+        raise CXRInputError(f"--hub_model_id {name!r} is not a valid Hub repo id (use 'name' or 'owner/name').") from error
+    except HfHubHTTPError as error:
+        status = getattr(error.response, "status_code", None)
+        if status in (401, 403):
+            raise CXRInputError(f"--push_to_hub: the Hub refused the token for {name!r} (HTTP {status}); pass a write "
+                                "token with --hub_token or run `hf auth login`.") from error
+        first_line = str(error).strip().split("\n")[0]
+        raise CXRInputError(f"--push_to_hub could not create the Hub repo {name!r}: {first_line}") from error
+    except Exception as error:  # no network: httpx / OS errors, whose classes depend on the huggingface_hub version
+        first_line = str(error).strip().split("\n")[0] or type(error).__name__
+        raise CXRInputError(f"--push_to_hub cannot reach the Hub to create {name!r} ({first_line}); check the "
+                            "network or drop --push_to_hub.") from error
 
 
 def push_folder(folder: str | os.PathLike, repo_id: str, commit_message: str = "Upload cxr-diffusers model",

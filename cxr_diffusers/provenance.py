@@ -57,7 +57,7 @@ _HOOKED_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF")
 
 
 def _software() -> str:
-    from . import __version__
+    from .version import __version__
 
     return f"cxr-diffusers {__version__}"
 

@@ -271,3 +271,39 @@ def test_training_scripts_end_bad_input_in_one_sentence(tmp_path):
         result = run_training_script(*argv)
         last = result.stderr.strip().splitlines()[-1]
         assert result.returncode == 2 and message in last and "Traceback" not in result.stderr, (argv, result.stderr)
+
+
+def test_probe_findings_get_one_sentence(pipe, tmp_path):
+    """Cases found by scripts/probe_reliability.py (tracebacks or misleading messages before)."""
+    from cxr_diffusers import DataError, ModelLoadingError
+    from cxr_diffusers.classification import load_classifier
+    from cxr_diffusers.data import load_saved
+
+    with pytest.raises(ModelLoadingError, match="must be a folder path or a Hub id, got NoneType"):
+        CXRPipeline.from_pretrained(None)
+    with pytest.raises(ModelLoadingError, match="classifier folder .* does not exist"):
+        load_classifier(tmp_path / "missing" / "classifier")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="is a file"):
+        load_saved(tmp_path / "file")
+    with pytest.raises(CXRInputError, match="must be a list of names"):
+        generate(pipe, callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs="latents")
+
+
+def test_junk_checkpoint_and_evaluate_vae_flags_get_one_sentence(tmp_path):
+    from conftest import REPO_ROOT
+
+    tiny = REPO_ROOT / "train_scripts" / "configs" / "tiny.json"
+    (tmp_path / "a-file").write_text("x")
+    result = run_training_script("evaluate_vae", "--vae", tmp_path, "--train_data_dir", tmp_path, "--output_dir",
+                                 tmp_path / "a-file" / "out")
+    assert result.returncode == 2 and "is a file" in result.stderr.strip().splitlines()[-1]
+    result = run_training_script("evaluate_vae", "--vae", tmp_path, "--resolution", "-64")
+    assert result.returncode == 2 and "--resolution must be a positive multiple of 8" in result.stderr
+    junk = tmp_path / "run" / "checkpoint-3"
+    junk.mkdir(parents=True)
+    (junk / "random_states_0.pkl").write_bytes(b"junk")
+    result = run_training_script("train_vae", "--config", tiny, "--train_data_dir", REPO_ROOT / "tests" / "fixtures" /
+                                 "kermany", "--output_dir", tmp_path / "run", "--resume_from_checkpoint", "latest")
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and "is not a complete checkpoint" in last and "huggingface.co" not in last, last

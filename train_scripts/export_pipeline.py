@@ -6,8 +6,13 @@ to fp16 safetensors, and write it in Hub repo layout.
         --output_dir pretrained/cxr-ldm-small --dtype fp16
 
 fp16 halves the download; `CXRPipeline.from_pretrained` loads it back in fp32 on the CPU (pass `torch_dtype` to
-keep fp16 on a GPU). A non-empty `--output_dir` is replaced only with `--overwrite`, never when it is (or contains) the
-pipeline or VAE being exported, and only once the new folder is complete.
+keep fp16 on a GPU). The export also ships the pipeline's code (`pipeline.py` and the package modules it needs, see
+`cxr_diffusers.remote_code`), so that diffusers alone loads it where cxr-diffusers is not installed:
+`DiffusionPipeline.from_pretrained(folder, custom_pipeline=folder, trust_remote_code=True)`; `--no-remote_code`
+leaves it out. `CXRPipeline.from_pretrained` never runs that code.
+
+A non-empty `--output_dir` is replaced only with `--overwrite`, never when it is (or contains) the pipeline or VAE being
+exported, and only once the new folder is complete.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 
 from cxr_diffusers import CXRAutoencoderKL, CXRInputError, CXRPipeline
 from cxr_diffusers.hub import load_pretrained
+from cxr_diffusers.remote_code import write_remote_code
 from cxr_diffusers.schedulers import LATENT_SCHEDULER_DEFAULTS
 from cxr_diffusers.training_utils import run_script
 from cxr_diffusers.utils.output_dir import check_output_dir, staged_output_dir
@@ -38,6 +44,9 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="fp16", choices=sorted(DTYPES))
     parser.add_argument("--copy", nargs="*", default=["README.md", "samples.png", "training_summary.json"],
                         help="files of the pipeline folder copied alongside the weights")
+    parser.add_argument("--remote_code", action=argparse.BooleanOptionalAction, default=True,
+                        help="ship pipeline.py and the modules it needs, for diffusers without cxr-diffusers "
+                        "(trust_remote_code=True); default on")
     args = parser.parse_args(argv)
     try:
         out = check_output_dir(args.output_dir, overwrite=args.overwrite, protected=(args.pipeline, args.vae))
@@ -59,6 +68,8 @@ def main(argv=None) -> int:
         module.to(DTYPES[args.dtype])
     with staged_output_dir(out) as staging:
         pipe.save_pretrained(staging, safe_serialization=True)
+        if args.remote_code:
+            write_remote_code(staging)
         for name in args.copy:
             source = Path(args.pipeline) / name
             if source.is_file():

@@ -73,7 +73,7 @@ from cxr_diffusers.classification import (
 from cxr_diffusers.classification.data import collate
 from cxr_diffusers.classification.metrics import METRICS
 from cxr_diffusers.errors import CXRInputError, DataError
-from cxr_diffusers.hub import DATA_CITATIONS, push_folder, save_model_card
+from cxr_diffusers.hub import DATA_CITATIONS, create_hub_repo, push_folder, save_model_card
 from cxr_diffusers.utils.output_dir import check_output_dir, staged_output_dir
 from cxr_diffusers.training_utils import (
     load_checkpoint,
@@ -174,6 +174,7 @@ def parse_args(argv=None):
     parser.add_argument("--report_to", default="tensorboard", help='"tensorboard", "none", ...')
     parser.add_argument("--push_to_hub", action="store_true")
     parser.add_argument("--hub_model_id", default=None)
+    parser.add_argument("--hub_token", default=None, help="Hub token for --push_to_hub (default: the saved login)")
     args = apply_config_file(parser, argv, section="classifier")
     check_positive(parser, args, "resolution", "train_batch_size", "eval_batch_size", "learning_rate",
                    "gradient_accumulation_steps", "checkpointing_steps", "validation_steps", "max_train_steps",
@@ -516,7 +517,7 @@ def finish(args, seed, output_dir, splits, data_info, counts, weights, init, sta
                                      weights, init, state, global_step, max_train_steps, seconds, accelerator, history)
     shutil.copy(final_dir / "metrics.json", output_dir / "metrics.json")
     if args.push_to_hub:
-        push_folder(final_dir, args.hub_model_id)
+        push_folder(final_dir, args.hub_model_id, token=args.hub_token)
     return metrics
 
 
@@ -577,7 +578,7 @@ def write_card(args, model_dir: Path, metrics: dict, location: str) -> None:
     citations = [DATA_CITATIONS["kermany"]]
     baseline = ""
     if data["dataset"] == "pneumoniamnist":
-        citations.append("Yang J. et al. MedMNIST v2. Scientific Data 10, 41 (2023).")
+        citations.append(DATA_CITATIONS["medmnist"])
         baseline = "MedMNIST v2 PneumoniaMNIST test baselines (accuracy / AUC): " + ", ".join(
             f"{k} {a:.3f} / {u:.3f}" for k, (a, u) in MEDMNIST_BASELINES.items()) + "."
     counts = data["train_counts"]
@@ -615,6 +616,7 @@ def write_card(args, model_dir: Path, metrics: dict, location: str) -> None:
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    create_hub_repo(args)  # main process: a bad token or no network fails now, not after the training
     output_dir = Path(args.output_dir)
     if args.seeds is None:
         return train_one(args, args.seed, output_dir)
@@ -638,5 +640,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
-    sys.exit(0)
+    sys.exit(run_script(lambda: main() and 0))  # bad input (incl. --push_to_hub without a Hub): one sentence, exit 2

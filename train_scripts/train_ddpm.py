@@ -31,7 +31,8 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from cxr_diffusers.hub import DATA_CITATIONS, load_pretrained, push_folder, save_model_card
+from cxr_diffusers.configs import MODEL_CONFIGS, get_model_config
+from cxr_diffusers.hub import DATA_CITATIONS, create_hub_repo, load_pretrained, push_folder, save_model_card
 from cxr_diffusers.training_utils import (
     load_checkpoint,
     run_script,
@@ -53,30 +54,11 @@ from cxr_diffusers.utils.image_grid import make_grid
 
 logger = get_logger(__name__)
 
-# `UNet2DModel` sizes by `--model_config` (sample_size and the 1 input/output channel are set from the flags).
-# Attention only at the lowest levels: wide heads (`attention_head_dim` is the width of one head in UNet2DModel).
-DDPM_CONFIGS = {
-    # 0.65M parameters; attention only in the mid block. Seconds on a CPU (tests, smoke runs).
-    "tiny": dict(block_out_channels=(32, 64), layers_per_block=1,
-                 down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                 attention_head_dim=32),
-    # 15.5M parameters; attention at the lowest (8x8 for 64 px) level and in the mid block. CPU-trainable at 64 px.
-    "small": dict(block_out_channels=(32, 64, 128, 256), layers_per_block=2,
-                  down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-                  up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
-                  attention_head_dim=64),
-    # diffusers' train_unconditional.py UNet, one level shorter for 128 px: attention at 16x16 and 8x8. A GPU size.
-    "base": dict(block_out_channels=(128, 128, 256, 256, 512), layers_per_block=2,
-                 down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-                 up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
-                 attention_head_dim=64),
-}
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=None, help="JSON file of flag defaults (train_scripts/configs/*.json)")
-    parser.add_argument("--model_config", default="small", help=f"named UNet size: {', '.join(DDPM_CONFIGS)}")
+    parser.add_argument("--model_config", default="small",
+                        help=f"named model size (the `ddpm` entry of cxr_diffusers.configs): {', '.join(MODEL_CONFIGS)}")
     parser.add_argument("--pretrained_model_name_or_path", default=None,
                         help="continue from a saved DDPMPipeline (folder or Hub id)")
     parser.add_argument("--train_data_dir", default=None, help="dataset built by `cxr-diffusers data build`, or images")
@@ -115,6 +97,7 @@ def parse_args(argv=None):
     parser.add_argument("--report_to", default="tensorboard", help='"tensorboard", "none", ...')
     parser.add_argument("--push_to_hub", action="store_true")
     parser.add_argument("--hub_model_id", default=None)
+    parser.add_argument("--hub_token", default=None, help="Hub token for --push_to_hub (default: the saved login)")
     args = apply_config_file(parser, argv, section="ddpm")
     check_positive(parser, args, "resolution", "train_batch_size", "learning_rate", "gradient_accumulation_steps",
                    "checkpointing_steps", "validation_steps", "max_train_steps", "validation_inference_steps",
@@ -124,9 +107,9 @@ def parse_args(argv=None):
     if not 0 < args.ema_decay < 1:
         parser.error(f"--ema_decay must be in (0, 1), got {args.ema_decay}")
     if args.pretrained_model_name_or_path is None:
-        if args.model_config not in DDPM_CONFIGS:
-            parser.error(f"--model_config {args.model_config!r} is not one of {', '.join(DDPM_CONFIGS)}")
-        factor = 2 ** (len(DDPM_CONFIGS[args.model_config]["block_out_channels"]) - 1)
+        if args.model_config not in MODEL_CONFIGS:
+            parser.error(f"--model_config {args.model_config!r} is not one of {', '.join(MODEL_CONFIGS)}")
+        factor = 2 ** (len(MODEL_CONFIGS[args.model_config]["ddpm"]["block_out_channels"]) - 1)
         if args.resolution % factor:
             parser.error(f"--resolution must be a multiple of {factor} (the {args.model_config} UNet's downsampling)")
     if args.validation_inference_steps > args.ddpm_num_steps:
@@ -142,7 +125,7 @@ def parse_args(argv=None):
 def build_unet(args) -> UNet2DModel:
     if args.pretrained_model_name_or_path:
         return load_pretrained(UNet2DModel, args.pretrained_model_name_or_path, "DDPM", subfolder="unet")
-    return UNet2DModel(**DDPM_CONFIGS[args.model_config], sample_size=args.resolution, in_channels=1, out_channels=1,
+    return UNet2DModel(**get_model_config(args.model_config)["ddpm"], sample_size=args.resolution, in_channels=1, out_channels=1,
                        time_embedding_type="positional")
 
 
@@ -171,6 +154,7 @@ def main(argv=None):
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
+    create_hub_repo(args)  # main process: a bad token or no network fails now, not after the training
     if accelerator.is_main_process:
         (output_dir / "samples").mkdir(parents=True, exist_ok=True)
 
@@ -328,7 +312,7 @@ def main(argv=None):
         )
         accelerator.print(json.dumps(summary, indent=2))
         if args.push_to_hub:
-            push_folder(output_dir / "pipeline", args.hub_model_id)
+            push_folder(output_dir / "pipeline", args.hub_model_id, token=args.hub_token)
     accelerator.end_training()
 
 

@@ -36,7 +36,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from cxr_diffusers import CXRAutoencoderKL, CXRInputError, CXRPatchDiscriminator, get_model_config
-from cxr_diffusers.hub import DATA_CITATIONS, load_pretrained, push_folder, save_model_card
+from cxr_diffusers.hub import DATA_CITATIONS, create_hub_repo, load_pretrained, push_folder, save_model_card
 from cxr_diffusers.losses import (
     ClassifierPerceptualLoss,
     adaptive_adversarial_weight,
@@ -130,6 +130,7 @@ def parse_args(argv=None):
     parser.add_argument("--report_to", default="tensorboard", help='"tensorboard", "none", ...')
     parser.add_argument("--push_to_hub", action="store_true")
     parser.add_argument("--hub_model_id", default=None)
+    parser.add_argument("--hub_token", default=None, help="Hub token for --push_to_hub (default: the saved login)")
     args = apply_config_file(parser, argv, section="vae")
     check_positive(parser, args, "resolution", "crop_size", "train_batch_size", "learning_rate",
                    "gradient_accumulation_steps", "checkpointing_steps", "validation_steps", "max_train_steps",
@@ -189,6 +190,7 @@ def main(argv=None):
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
+    create_hub_repo(args)  # main process: a bad token or no network fails now, not after the training
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "samples").mkdir(exist_ok=True)
@@ -422,7 +424,7 @@ def main(argv=None):
         )
         accelerator.print(json.dumps(summary, indent=2))
         if args.push_to_hub:
-            push_folder(output_dir / "vae", args.hub_model_id)
+            push_folder(output_dir / "vae", args.hub_model_id, token=args.hub_token)
     accelerator.end_training()
 
 

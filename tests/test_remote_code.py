@@ -1,0 +1,142 @@
+"""An exported pipeline loads with diffusers alone, where cxr-diffusers is not installed (diffusers' custom pipeline
+with `trust_remote_code`), and makes the same image as the installed package; the package loads it as before."""
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT
+
+import cxr_diffusers
+from cxr_diffusers import CXRPipeline, create_components
+from cxr_diffusers.remote_code import ENTRY_POINT, remote_code_modules
+
+EXPORT = REPO_ROOT / "train_scripts" / "export_pipeline.py"
+PROMPT = "PA chest radiograph of an adult. Findings: pneumonia."
+
+
+def export(*args):
+    return subprocess.run([sys.executable, str(EXPORT), *map(str, args)], capture_output=True, text=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("remote")
+    torch.manual_seed(0)
+    CXRPipeline(**create_components("tiny")).save_pretrained(root / "trained")
+    result = export("--pipeline", root / "trained", "--output_dir", root / "export")
+    assert result.returncode == 0, result.stderr
+    return root / "export"
+
+
+def run_without_the_package(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -S` (no site, so no .pth file and no editable-install finder) with only the venv's site-packages on the
+    path, from a folder outside the checkout: diffusers and transformers import, cxr_diffusers does not."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update(PYTHONPATH=sysconfig.get_paths()["purelib"], HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(cwd / "modules"))
+    return subprocess.run([sys.executable, "-S", "-c", textwrap.dedent(code)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+
+
+def generate(pipe):
+    return pipe(PROMPT, height=64, width=64, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                output_type="np").images
+
+
+@pytest.mark.slow
+def test_diffusers_alone_loads_the_export_and_makes_the_same_image(exported, tmp_path):
+    code = f"""
+        import sys
+        try:
+            import cxr_diffusers
+        except ImportError:
+            pass
+        else:
+            sys.exit("cxr_diffusers is importable: " + cxr_diffusers.__file__)
+        import numpy as np
+        import torch
+        from diffusers import DiffusionPipeline
+
+        path = {str(exported)!r}
+        try:
+            DiffusionPipeline.from_pretrained(path, custom_pipeline=path)
+        except ValueError as error:
+            assert "trust_remote_code=True" in str(error), error
+        else:
+            sys.exit("loaded custom code without trust_remote_code")
+        pipe = DiffusionPipeline.from_pretrained(path, custom_pipeline=path, trust_remote_code=True)
+        assert type(pipe).__name__ == "CXRPipeline" and type(pipe).__module__.startswith("diffusers_modules."), type(pipe)
+        assert type(pipe.unet).__module__.startswith("diffusers_modules."), type(pipe.unet)
+        image = pipe({PROMPT!r}, height=64, width=64, num_inference_steps=2,
+                     generator=torch.Generator().manual_seed(0), output_type="np").images
+        np.save("remote.npy", image)
+        assert "cxr_diffusers" not in sys.modules
+    """
+    result = run_without_the_package(code, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = np.load(tmp_path / "remote.npy")
+
+    pipe = CXRPipeline.from_pretrained(exported)  # the installed package: its own classes, no remote code
+    assert type(pipe) is CXRPipeline and type(pipe.unet).__module__ == "cxr_diffusers.models.unet_cxr"
+    local = generate(pipe)
+    assert remote.shape == local.shape == (1, 64, 64, 1) and local.std() > 0
+    assert np.array_equal(remote, local)
+
+
+def test_remote_code_uses_the_installed_package_where_there_is_one(exported, tmp_path, monkeypatch):
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import dynamic_modules_utils
+
+    monkeypatch.setattr(dynamic_modules_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    monkeypatch.setattr(sys, "path", list(sys.path))  # diffusers appends its module cache
+    try:
+        pipe = DiffusionPipeline.from_pretrained(exported, custom_pipeline=str(exported), trust_remote_code=True)
+    finally:  # diffusers imported the shipped copies as diffusers_modules.*
+        for name in [m for m in sys.modules if m.startswith("diffusers_modules")]:
+            del sys.modules[name]
+    assert type(pipe) is CXRPipeline and type(pipe.unet).__module__ == "cxr_diffusers.models.unet_cxr"
+
+
+def test_export_keeps_model_index_and_ships_the_package_sources(exported, tmp_path):
+    index = json.loads((exported / "model_index.json").read_text())
+    assert index["_class_name"] == "CXRPipeline"
+    assert index["unet"] == ["cxr_diffusers.models.unet_cxr", "CXRUNet2DConditionModel"]  # the public module paths
+    assert index["vae"] == ["cxr_diffusers.models.autoencoder_cxr", "CXRAutoencoderKL"]
+    assert index["text_encoder"] == ["cxr_diffusers.models.text_encoder_cxr", "CXRTextEncoder"]
+    package = Path(cxr_diffusers.__file__).parent
+    shipped = sorted(p.relative_to(exported).as_posix() for p in exported.rglob("*.py"))
+    assert ENTRY_POINT in shipped and "pipelines/pipeline_cxr.py" in shipped and "models/unet_cxr.py" in shipped
+    for name in shipped:
+        if name != ENTRY_POINT:  # the package's own files, unchanged
+            assert (exported / name).read_bytes() == (package / name).read_bytes(), name
+    assert not [p for p in exported.glob("*/*.py") if p.parent.name in index]  # nothing in component folders
+
+    result = export("--pipeline", exported, "--output_dir", tmp_path / "plain", "--no-remote_code")
+    assert result.returncode == 0, result.stderr
+    assert not list((tmp_path / "plain").rglob("*.py"))
+
+
+def test_remote_code_refuses_imports_it_cannot_ship(tmp_path, monkeypatch):
+    from cxr_diffusers import remote_code
+
+    package = tmp_path / "cxr_diffusers"
+    (package / "sub").mkdir(parents=True)
+    (package / "ok.py").write_text("from .helper import x\n")
+    (package / "helper.py").write_text("def f():\n    from . import y\n")
+    (package / "y.py").write_text("")
+    (package / "attr.py").write_text("from . import __version__\n")
+    (package / "absolute.py").write_text("def f():\n    from cxr_diffusers.helper import x\n")
+    monkeypatch.setattr(remote_code, "PACKAGE_DIR", package)
+    assert remote_code_modules(["cxr_diffusers.ok"]) == {"cxr_diffusers.ok": set(), "cxr_diffusers.helper": {"x"},
+                                                         "cxr_diffusers.y": set()}
+    with pytest.raises(RuntimeError, match="only modules can be shipped"):
+        remote_code_modules(["cxr_diffusers.attr"])
+    with pytest.raises(RuntimeError, match="absolutely"):
+        remote_code_modules(["cxr_diffusers.absolute"])
