@@ -7,6 +7,7 @@ lives here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -124,6 +125,14 @@ def load_training_dataset(train_data_dir: str | None = None, dataset_name: str |
     if "image" not in data.column_names:
         raise DataError(f"The dataset has no 'image' column (columns: {', '.join(data.column_names)}).")
     return data
+
+
+def select_train_subset(dataset, max_train_samples: int | None, seed: int):
+    """`--max_train_samples`, the same in every script: a seeded random subset (combined datasets are concatenated
+    source by source, so the first N images would all come from the first source)."""
+    if not max_train_samples or max_train_samples >= len(dataset):
+        return dataset
+    return dataset.shuffle(seed=seed).select(range(max_train_samples))
 
 
 def image_to_tensor(image, resolution: int | None = None) -> torch.Tensor:
@@ -278,6 +287,49 @@ def ema_model_of(ema, models: dict[str, Any], ema_name: str):
     if base not in models:
         raise CXRInputError(f"EMA folder {ema_name!r} has no matching model in {list(models)}.")
     return models[base]
+
+
+@contextlib.contextmanager
+def ema_weights(ema, model):
+    """Within the block `model` holds the EMA weights of `ema` (a diffusers `EMAModel`, or None: no change); its own
+    weights are restored afterwards, also on an error. For validating the weights that will be shipped."""
+    if ema is None:
+        yield model
+        return
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    try:
+        yield model
+    finally:
+        ema.restore(model.parameters())
+
+
+class EarlyStopping:
+    """
+    Stop after `patience` validations in a row without a better key (0 = never); keys compare as tuples, higher
+    is better (e.g. `(auroc, -loss)`). The state is a plain dict, so that checkpoints can store and restore it.
+    """
+
+    def __init__(self, patience: int, state: dict | None = None):
+        self.patience = patience
+        self.state = {"best_key": None, "best_step": None, "bad_validations": 0, "stopped_early": False,
+                      **(state or {})}
+
+    def update(self, step: int, key) -> bool:
+        """Record the validation at `step`; True when it is the best so far."""
+        key = list(key)
+        improved = self.state["best_key"] is None or key > self.state["best_key"]
+        if improved:
+            self.state.update(best_key=key, best_step=step, bad_validations=0)
+        else:
+            self.state["bad_validations"] += 1
+        if self.patience and self.state["bad_validations"] >= self.patience:
+            self.state["stopped_early"] = True
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        return bool(self.state["stopped_early"])
 
 
 # ----------------------------------------------------------------------------------------------------- plots and logs

@@ -76,6 +76,7 @@ from cxr_diffusers.errors import CXRInputError, DataError
 from cxr_diffusers.hub import DATA_CITATIONS, create_hub_repo, push_folder, save_model_card
 from cxr_diffusers.utils.output_dir import check_output_dir, staged_output_dir
 from cxr_diffusers.training_utils import (
+    EarlyStopping,
     load_checkpoint,
     run_script,
     JsonlLogger,
@@ -367,7 +368,8 @@ def train_one(args, seed: int, output_dir: Path) -> dict:
     class_weight = torch.tensor(weights, dtype=torch.float32, device=accelerator.device)
 
     # Checkpoints: weights with save_pretrained (safetensors), EMA and the early-stopping state beside them
-    state = {"best_key": None, "best_step": None, "best_val": None, "bad_validations": 0, "stopped_early": False}
+    stopping = EarlyStopping(args.early_stopping_patience, {"best_val": None})
+    state = stopping.state  # checkpointed in trainer_state.json
 
     def save_hook(wrapped_models, model_weights, ckpt_dir):
         if accelerator.is_main_process:
@@ -417,24 +419,18 @@ def train_one(args, seed: int, output_dir: Path) -> dict:
         labels, probs, val_loss = predict(evaluated, val_loader, accelerator, class_weight)
         val_accuracy = float(((probs >= 0.5) == labels).mean())
         auroc = evaluate_predictions(labels, probs, n_bootstrap=0)["metrics"]["auroc"]["value"]
-        key = [auroc if math.isfinite(auroc) else -1.0, -val_loss]
-        improved = state["best_key"] is None or key > state["best_key"]
+        improved = stopping.update(step, (auroc if math.isfinite(auroc) else -1.0, -val_loss))
         if improved:
-            state.update(best_key=key, best_step=step, bad_validations=0,
-                         best_val={"auroc": auroc, "accuracy": val_accuracy, "loss": val_loss})
+            state["best_val"] = {"auroc": auroc, "accuracy": val_accuracy, "loss": val_loss}
             if accelerator.is_main_process:
                 save_classifier(ema.module if ema else unwrapped, processor, output_dir / "best")
                 (output_dir / "best" / "best.json").write_text(json.dumps({"step": step, **state["best_val"]}))
-        else:
-            state["bad_validations"] += 1
         if accelerator.is_main_process:
             history.log(step, val_loss=val_loss, val_accuracy=val_accuracy, val_auroc=auroc)
         if args.report_to != "none":
             accelerator.log({"val_loss": val_loss, "val_accuracy": val_accuracy, "val_auroc": auroc}, step=step)
         accelerator.print(f"step {step}: val loss {val_loss:.4f} acc {val_accuracy:.4f} AUROC {auroc:.4f}"
                           f"{' (best)' if improved else ''}")
-        if args.early_stopping_patience and state["bad_validations"] >= args.early_stopping_patience:
-            state["stopped_early"] = True
 
     logger.info(f"{counts['total']} training images ({counts}), {len(splits['validation'])} validation, "
                 f"{len(splits['test'])} test; {max_train_steps} steps of {args.train_batch_size} at "

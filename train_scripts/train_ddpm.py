@@ -34,6 +34,8 @@ from tqdm.auto import tqdm
 from cxr_diffusers.configs import MODEL_CONFIGS, get_model_config
 from cxr_diffusers.hub import DATA_CITATIONS, create_hub_repo, load_pretrained, push_folder, save_model_card
 from cxr_diffusers.training_utils import (
+    ema_weights,
+    select_train_subset,
     load_checkpoint,
     run_script,
     JsonlLogger,
@@ -63,7 +65,7 @@ def parse_args(argv=None):
                         help="continue from a saved DDPMPipeline (folder or Hub id)")
     parser.add_argument("--train_data_dir", default=None, help="dataset built by `cxr-diffusers data build`, or images")
     parser.add_argument("--dataset_name", default=None, help="Hub dataset id (alternative to --train_data_dir)")
-    parser.add_argument("--max_train_samples", type=int, default=None, help="truncate the training set (debugging)")
+    parser.add_argument("--max_train_samples", type=int, default=None, help="a seeded random subset of the training set")
     parser.add_argument("--resolution", type=int, default=64, help="image size (resized and padded, aspect kept)")
     parser.add_argument("--prediction_type", default="epsilon", choices=["epsilon", "v_prediction", "sample"])
     parser.add_argument("--ddpm_num_steps", type=int, default=1000, help="diffusion timesteps of the noise schedule")
@@ -170,8 +172,7 @@ def main(argv=None):
 
     # Data: whole images resized and padded to the UNet's size, in [-1, 1]; no flips (anatomy has a side)
     train_set = load_training_dataset(args.train_data_dir, args.dataset_name, "train")
-    if args.max_train_samples:
-        train_set = train_set.select(range(min(args.max_train_samples, len(train_set))))
+    train_set = select_train_subset(train_set, args.max_train_samples, args.seed)
 
     def to_pixels(example):
         return {"pixel_values": image_to_tensor(example["image"], resolution)}
@@ -256,12 +257,8 @@ def main(argv=None):
                 history.log(global_step, **last_logs)
 
             if accelerator.is_main_process and global_step % args.validation_steps == 0:
-                if ema:
-                    ema.store(raw_unet.parameters())
-                    ema.copy_to(raw_unet.parameters())
-                samples = generate_validation(raw_unet, noise_scheduler, args)
-                if ema:
-                    ema.restore(raw_unet.parameters())
+                with ema_weights(ema, raw_unet):
+                    samples = generate_validation(raw_unet, noise_scheduler, args)
                 make_grid(samples, cols=math.ceil(math.sqrt(len(samples)))).save(
                     output_dir / "samples" / f"step-{global_step:06d}.png")
                 save_loss_plot({"loss": history.history.get("loss", [])}, output_dir / "loss.png", "DDPM loss")

@@ -44,6 +44,8 @@ from cxr_diffusers.losses import (
     hinge_discriminator_loss,
 )
 from cxr_diffusers.training_utils import (
+    ema_weights,
+    select_train_subset,
     load_checkpoint,
     run_script,
     JsonlLogger,
@@ -75,7 +77,7 @@ def parse_args(argv=None):
     parser.add_argument("--train_data_dir", default=None, help="dataset built by `cxr-diffusers data build`, or images")
     parser.add_argument("--dataset_name", default=None, help="Hub dataset id (alternative to --train_data_dir)")
     parser.add_argument("--validation_split", default="validation", help="split used for validation metrics")
-    parser.add_argument("--max_train_samples", type=int, default=None, help="truncate the training set (debugging)")
+    parser.add_argument("--max_train_samples", type=int, default=None, help="a seeded random subset of the training set")
     parser.add_argument("--num_validation_images", type=int, default=64,
                         help="full validation images for PSNR/SSIM (of the EMA weights when --use_ema)")
     parser.add_argument("--resolution", type=int, default=256, help="full image size")
@@ -221,8 +223,7 @@ def main(argv=None):
 
     # Data: random crops of the resized/padded full image
     train_set = load_training_dataset(args.train_data_dir, args.dataset_name, "train")
-    if args.max_train_samples:
-        train_set = train_set.select(range(min(args.max_train_samples, len(train_set))))
+    train_set = select_train_subset(train_set, args.max_train_samples, args.seed)
     try:
         eval_set = load_training_dataset(args.train_data_dir, args.dataset_name, args.validation_split)
     except Exception:  # no validation split: use the tail of train (reported in the card)
@@ -352,13 +353,9 @@ def main(argv=None):
 
             if global_step % args.validation_steps == 0 or global_step == args.max_train_steps:
                 if accelerator.is_main_process:
-                    if ema:  # validate the weights that will be shipped
-                        ema.store(unwrapped.parameters())
-                        ema.copy_to(unwrapped.parameters())
-                    metrics, pairs = vae_reconstruction_metrics(unwrapped, eval_set, args.resolution,
-                                                                args.num_validation_images, accelerator.device)
-                    if ema:
-                        ema.restore(unwrapped.parameters())
+                    with ema_weights(ema, unwrapped):  # validate the weights that will be shipped
+                        metrics, pairs = vae_reconstruction_metrics(unwrapped, eval_set, args.resolution,
+                                                                    args.num_validation_images, accelerator.device)
                     last_validation = (global_step, metrics, pairs)
                     history.log(global_step, val_psnr=metrics["psnr"], val_ssim=metrics["ssim"],
                                 val_sharpness_ratio=metrics["sharpness_ratio"])
