@@ -663,6 +663,18 @@ def error_line(text: str, prefix: str) -> str | None:
     return None
 
 
+def exit_outcome(result, expect: str, message: str | None, last: str) -> tuple[str, str]:
+    """The outcome of a command that was expected to fail (`expect == "error"`) or that failed: a one-line error with
+    exit code 2 is a clear error; exit 0 or any other failure is silent."""
+    if expect == "error":
+        if result.code == 2 and message is not None:
+            return "clear error", message
+        if result.code == 0:
+            return "SILENT", f"exit 0 (accepted): {last_line(result.out) or last or '(no output)'}"
+        return "SILENT", f"exit {result.code} without a one-line error: {last or '(no stderr)'}"
+    return "clear error", f"valid input refused (exit {result.code}): {message or last}"
+
+
 def cli_group(probe: Probe, work: Path, models: Path, images: dict[str, Path]) -> None:
     from PIL import Image
 
@@ -682,14 +694,8 @@ def cli_group(probe: Probe, work: Path, models: Path, images: dict[str, Path]) -
                 what = describe_exception(result.exception) if result.exception else line
                 return "TRACEBACK", what
             message = error_line(result.err, f"cxr-diffusers {command}")
-            if expect == "error":
-                if result.code == 2 and message is not None:
-                    return "clear error", message
-                if result.code == 0:
-                    return "SILENT", f"exit 0 (accepted): {last_line(result.out) or line or '(no output)'}"
-                return "SILENT", f"exit {result.code} without a one-line error: {line or '(no stderr)'}"
-            if result.code != 0:
-                return "clear error", f"valid input refused (exit {result.code}): {message or line}"
+            if expect == "error" or result.code != 0:
+                return exit_outcome(result, expect, message, line)
             problem, description = check(result) if check else (None, last_line(result.out))
             if problem:
                 return "SILENT", f"exit 0 but {problem}"
@@ -1156,14 +1162,8 @@ def scripts_group(probe: Probe, runner: ScriptRunner, models: Path, data: Path) 
                 return "SILENT", f"no error: still running after {timeout:.0f} s (went past argument checking); last: {last}"
             if "Traceback (most recent call last)" in result.err:
                 return "TRACEBACK", f"exit {result.code}: {last}"
-            if expect == "error":
-                if result.code == 2 and message is not None:
-                    return "clear error", message
-                if result.code == 0:
-                    return "SILENT", f"exit 0 (accepted): {last_line(result.out) or last or '(no output)'}"
-                return "SILENT", f"exit {result.code} without a one-line error: {last or '(no stderr)'}"
-            if result.code != 0:
-                return "clear error", f"valid input refused (exit {result.code}): {message or last}"
+            if expect == "error" or result.code != 0:
+                return exit_outcome(result, expect, message, last)
             problem, description = check(result) if check else (None, last_line(result.out))
             return ("SILENT", f"exit 0 but {problem}") if problem else ("ok", description)
 

@@ -363,3 +363,35 @@ def test_nih_original_format_on_fixtures(fixtures_dir, tmp_path):
     assert _total(dsd) == len(labels)
     assert any("no official split lists" in n for n in dsd.report.notes)
     assert all(ds.features["image"].mode == "L" for ds in dsd.values())
+
+
+def test_nih_cxr8_split_by_patient_across_folders(shared_data, tmp_path):
+    """nih_cxr8_768 and nih_subset_300 share about 100 NIH patients: each keeps one split across both folders."""
+    from cxr_diffusers.cli import main
+    from cxr_diffusers.data import load_nih_cxr8, load_nih_subset, load_saved
+
+    subset = load_nih_subset(shared_data / "nih_subset_300", check_images="exists")
+    given = {p: split for split, ds in subset.items() for p in ds["patient_id"]}
+    cxr8 = load_nih_cxr8(shared_data / "nih_cxr8_768", labels_dir=shared_data / "nih_cxr14_labels",
+                         patient_splits=given, check_images="exists")
+    assert sum(len(ds) for ds in cxr8.values()) == 871
+    shared = 0
+    for split, ds in cxr8.items():
+        for patient in ds["patient_id"]:
+            if patient in given:
+                shared += 1
+                assert given[patient] == split, patient
+    assert shared > 50
+    row = next(r for r in cxr8["train"].remove_columns("image") if r["age"] is not None)
+    assert row["source"] == "nih_cxr8" and row["view"] in ("PA", "AP") and str(row["age"]) in row["prompt"]
+    # data build passes the patients of earlier sources on to later ones
+    out = tmp_path / "nih"
+    assert main(["data", "build", "--source", "nih_subset", "--root", str(shared_data / "nih_subset_300"),
+                 "--source", "nih_cxr8", "--root", str(shared_data / "nih_cxr8_768"), "--check-images", "exists",
+                 "--out", str(out)]) == 0
+    built = load_saved(out)
+    splits_of: dict[str, set] = {}
+    for split, ds in built.items():
+        for patient in ds["patient_id"]:
+            splits_of.setdefault(patient, set()).add(split)
+    assert all(len(s) == 1 for s in splits_of.values())

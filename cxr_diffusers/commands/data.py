@@ -17,7 +17,7 @@ import warnings
 
 from ._args import non_negative_int, positive_int
 
-SOURCES = ("nih", "nih_subset", "indiana", "pneumonia", "pneumoniamnist", "covid", "folder")
+SOURCES = ("nih", "nih_subset", "nih_cxr8", "indiana", "pneumonia", "pneumoniamnist", "covid", "folder")
 #: Smaller images hold no usable anatomy (and are not what any model here trains on).
 MIN_RESOLUTION = 32
 
@@ -73,7 +73,7 @@ def register(subparsers) -> None:
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
 
 
-def _load(source: str, root: str, args) -> object:
+def _load(source: str, root: str, args, patient_splits: dict[str, str] | None = None) -> object:
     from cxr_diffusers.data import LOADERS
 
     loader = LOADERS[source]
@@ -86,6 +86,7 @@ def _load(source: str, root: str, args) -> object:
         "labels_dir": getattr(args, "labels_dir", None),
         "frontal_only": getattr(args, "frontal_only", False),
         "label_from_folder": getattr(args, "label_from_folder", False),
+        "patient_splits": patient_splits or None,
     }
     accepted = inspect.signature(loader).parameters
     kwargs = {k: v for k, v in options.items() if k in accepted and v not in (None, False)}
@@ -120,9 +121,14 @@ def _build(args: argparse.Namespace) -> int:
     from cxr_diffusers.data import concatenate_sources, save_dataset
 
     loaded = []
+    patient_splits: dict[str, str] = {}  # patients seen in earlier sources keep their split in later ones
     for source, root in zip(args.source, args.root):
         _log(f"loading {source} from {root} ...")
-        dsd = _load(source, root, args)
+        dsd = _load(source, root, args, patient_splits)
+        for split, ds in dsd.items():
+            for patient in ds["patient_id"]:
+                if patient:
+                    patient_splits.setdefault(patient, split)
         counts = ", ".join(f"{split} {len(ds)}" for split, ds in dsd.items())
         _log(f"  {source}: {counts}")
         loaded.append(dsd)

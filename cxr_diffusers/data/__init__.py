@@ -5,6 +5,8 @@ paths and decoded lazily to mode L; the load report is attached as `.report`):
 
 - `load_nih(root)`: NIH ChestX-ray14 (`Data_Entry_2017.csv`, `images*/`, official split lists, optional boxes)
 - `load_nih_subset(root)`: `{healthy,pneumonia,covid}/` NIH + COVID-19 subset
+- `load_nih_cxr8(root, patient_splits=...)`: NIH ChestX-ray8 images + `labels.csv` (`nih_cxr8_768`), split consistently
+  with another folder that shares its patients
 - `load_indiana(root)`: Indiana University / Open-i reports (Kaggle CSV layout or R2Gen `annotation.json`)
 - `load_pneumonia(root)`: Kermany pediatric pneumonia (`chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}`)
 - `load_pneumoniamnist(npz_path)`: PneumoniaMNIST
@@ -21,7 +23,7 @@ from .combine import concatenate_sources, load_saved, push_to_hub, resize_datase
 from .covid import load_covid_notes
 from .folder import load_image_folder
 from .indiana import load_indiana
-from .nih import load_nih, load_nih_subset
+from .nih import load_nih, load_nih_cxr8, load_nih_subset
 from .pneumonia import load_pneumonia, load_pneumoniamnist
 from .prompts import (
     FINDINGS,
@@ -43,6 +45,7 @@ concatenate = concatenate_sources
 LOADERS = {
     "nih": load_nih,
     "nih_subset": load_nih_subset,
+    "nih_cxr8": load_nih_cxr8,
     "indiana": load_indiana,
     "pneumonia": load_pneumonia,
     "pneumoniamnist": load_pneumoniamnist,
@@ -73,6 +76,7 @@ __all__ = [
     "load_image_folder",
     "load_indiana",
     "load_nih",
+    "load_nih_cxr8",
     "load_nih_subset",
     "load_pneumonia",
     "load_pneumoniamnist",

@@ -43,12 +43,13 @@ from .checks import (
     read_csv,
     require_columns,
     require_dir,
+    require_file,
 )
 from .prompts import build_prompt, normalize_findings
 from .schema import make_features, normalize_sex, normalize_view, parse_age
 from .splits import assign_patient_splits
 
-__all__ = ["NIH_FINDINGS", "load_nih", "load_nih_subset"]
+__all__ = ["NIH_FINDINGS", "load_nih", "load_nih_cxr8", "load_nih_subset"]
 
 NIH_CITATION = BIBTEX["nih"]
 COVID_COLLECTION_CITATION = BIBTEX["covid"]
@@ -336,3 +337,92 @@ def load_nih_subset(
         max_samples=max_samples,
         seed=seed,
     )
+
+
+# ------------------------------------------------------------------------------------------------- nih_cxr8
+
+CXR8_LABELS = {"no_finding": [], "pneumonia": ["pneumonia"]}
+
+
+def load_nih_cxr8(
+    root: str | os.PathLike,
+    *,
+    labels_dir: str | os.PathLike | None = None,
+    patient_splits: dict[str, str] | None = None,
+    val_size: float = 0.1,
+    test_size: float = 0.1,
+    seed: int = 0,
+    check_images: str = "header",
+    strict: bool = False,
+    num_proc: int | None = 1,
+    max_samples: int | None = None,
+) -> datasets.DatasetDict:
+    """Load a folder of NIH ChestX-ray8 images with a `labels.csv` (`file_name`, `image_index`, `patient_id`,
+    `label` = `no_finding` | `pneumonia`), the layout of `nih_cxr8_768` (adult PA/AP radiographs at 768 px).
+
+    Args:
+        labels_dir: a folder with NIH's `Data_Entry_2017.csv`; the images it lists get their age, sex, view and full
+            finding labels (the others keep the folder's label and no demographics).
+        patient_splits: `{patient_id: split}` decided by another loader for patients this folder shares with it (e.g.
+            `load_nih_subset`, whose ids are the same `nih-<NIH patient id>`): those patients keep that split, so no
+            radiograph of a test patient is trained on. The other patients are carved by patient, stratified by label.
+        val_size, test_size, seed, check_images, strict, num_proc, max_samples: as in `load_nih_subset`.
+
+    Columns: the common ones (source `nih_cxr8`, patient ids `nih-<id>`) plus `image_index`.
+    """
+    import pandas as pd
+
+    root = require_dir(root, "nih_cxr8 root").resolve()
+    csv_path = require_file(root / "labels.csv", "nih_cxr8 labels.csv")
+    frame = read_csv(csv_path, required=["file_name", "image_index", "patient_id", "label"], dtype=str)
+    report = LoadReport("nih_cxr8", str(root))
+    report.start(f"rows of {csv_path.name}", len(frame))
+    unknown = sorted(set(frame["label"]) - set(CXR8_LABELS))
+    if unknown:
+        raise DataError(f"{csv_path} has unknown labels {unknown}; expected {', '.join(CXR8_LABELS)}.")
+    frame = frame.copy()
+    frame["image"] = [str(root / name) for name in frame["file_name"]]
+    exists = frame["image"].map(os.path.isfile)
+    report.missing_images = sorted(frame.loc[~exists, "file_name"])
+    frame = report.keep(frame, exists, "image file present", hint=f"Put the images where {csv_path} says they are.")
+    frame["patient_id"] = "nih-" + frame["patient_id"].astype(str).str.lstrip("0").replace("", "0")
+    frame["labels"] = frame["label"].map(lambda label: list(CXR8_LABELS[label]))
+    frame["view"], frame["sex"], frame["age"] = "", "", None
+    frame["age"] = frame["age"].astype(object)
+    if labels_dir is not None:
+        entries_path = find_required_file([require_dir(labels_dir, "NIH labels folder")], LABEL_FILES, "NIH label file")
+        entries = read_csv(entries_path, dtype={"Image Index": str})
+        _canonical_columns(entries)
+        require_columns(entries, REQUIRED, entries_path)
+        entries = entries.drop_duplicates("Image Index").set_index("Image Index")
+        known = frame["image_index"].isin(entries.index)
+        rows = entries.loc[frame.loc[known, "image_index"]]
+        frame.loc[known, "view"] = rows["View Position"].map(normalize_view).values
+        frame.loc[known, "sex"] = rows["Patient Gender"].map(normalize_sex).values
+        frame.loc[known, "age"] = pd.Series([parse_age(v) for v in rows["Patient Age"]], dtype=object).values
+        frame.loc[known, "labels"] = pd.Series(
+            [normalize_findings(str(s).split("|")) for s in rows["Finding Labels"].fillna("")], dtype=object).values
+        report.notes.append(f"{int(known.sum())} images joined to {entries_path.name} (age, sex, view, findings)")
+
+    given = dict(patient_splits or {})
+    shared = frame["patient_id"].isin(given.keys())
+    strata = frame.assign(p=frame["label"].eq("pneumonia")).groupby("patient_id")["p"].max().astype(str).to_dict()
+    assignment = assign_patient_splits(frame.loc[~shared, "patient_id"], {"validation": val_size, "test": test_size},
+                                       seed=seed, strata=strata)
+    frame["split"] = [given[p] if p in given else assignment[p] for p in frame["patient_id"]]
+    report.notes.append(
+        f"split by patient, stratified by label ({val_size:.0%} val, {test_size:.0%} test, seed {seed}); "
+        f"{int(frame.loc[shared, 'patient_id'].nunique())} patients kept the split given for them (patient_splits)"
+    )
+    frame["source"] = "nih_cxr8"
+    frame["prompt"] = [
+        build_prompt(labels, view=view, age=age, sex=sex, population="adult")
+        for labels, view, age, sex in zip(frame["labels"], frame["view"], frame["age"], frame["sex"])
+    ]
+    info = make_info(
+        "Adult NIH ChestX-ray8 PA/AP radiographs, No Finding / Pneumonia (NLP-mined, noisy), with NIH image index and "
+        "patient id.", NIH_CITATION, "https://nihcc.app.box.com/v/ChestXray-NIHCC", "other",
+    )
+    return assemble(frame, features=make_features({"image_index": Value("string")}), info=info, report=report,
+                    strict=strict, check_images=check_images, num_proc=num_proc, max_samples=max_samples, seed=seed)
+
