@@ -17,7 +17,7 @@ import warnings
 
 from ._args import non_negative_int, positive_int
 
-SOURCES = ("nih", "nih_subset", "nih_cxr8", "indiana", "pneumonia", "pneumoniamnist", "covid", "folder")
+SOURCES = ("nih", "nih_subset", "nih_cxr8", "jsrt", "indiana", "pneumonia", "pneumoniamnist", "covid", "folder")
 #: Smaller images hold no usable anatomy (and are not what any model here trains on).
 MIN_RESOLUTION = 32
 

@@ -7,6 +7,7 @@ paths and decoded lazily to mode L; the load report is attached as `.report`):
 - `load_nih_subset(root)`: `{healthy,pneumonia,covid}/` NIH + COVID-19 subset
 - `load_nih_cxr8(root, patient_splits=...)`: NIH ChestX-ray8 images + `labels.csv` (`nih_cxr8_768`), split consistently
   with another folder that shares its patients
+- `load_jsrt(root)`: JSRT adult PA radiographs with lung and heart mask paths (`jsrt_768`)
 - `load_indiana(root)`: Indiana University / Open-i reports (Kaggle CSV layout or R2Gen `annotation.json`)
 - `load_pneumonia(root)`: Kermany pediatric pneumonia (`chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}`)
 - `load_pneumoniamnist(npz_path)`: PneumoniaMNIST
@@ -23,6 +24,7 @@ from .combine import concatenate_sources, load_saved, push_to_hub, resize_datase
 from .covid import load_covid_notes
 from .folder import load_image_folder
 from .indiana import load_indiana
+from .jsrt import load_jsrt
 from .nih import load_nih, load_nih_cxr8, load_nih_subset
 from .pneumonia import load_pneumonia, load_pneumoniamnist
 from .prompts import (
@@ -46,6 +48,7 @@ LOADERS = {
     "nih": load_nih,
     "nih_subset": load_nih_subset,
     "nih_cxr8": load_nih_cxr8,
+    "jsrt": load_jsrt,
     "indiana": load_indiana,
     "pneumonia": load_pneumonia,
     "pneumoniamnist": load_pneumoniamnist,
@@ -75,6 +78,7 @@ __all__ = [
     "load_covid_notes",
     "load_image_folder",
     "load_indiana",
+    "load_jsrt",
     "load_nih",
     "load_nih_cxr8",
     "load_nih_subset",

@@ -220,7 +220,7 @@ _FINDING_SET = frozenset(FINDINGS)
 _DISPLAY = {"covid-19": "COVID-19", "ards": "ARDS", "copd": "COPD"}
 
 PEDIATRIC_SOURCES = frozenset({"kermany", "pneumoniamnist"})
-ADULT_SOURCES = frozenset({"nih_subset", "nih_cxr8"})
+ADULT_SOURCES = frozenset({"nih_subset", "nih_cxr8", "jsrt"})
 
 
 def normalize_finding(name: str | None) -> str | None:
