@@ -129,8 +129,7 @@ def build_recipes(pipe: CXRPipeline, args):
 def seed_recipe(pipe: CXRPipeline, seeds: list[int], size: int, steps: int, guidance: float) -> torch.Tensor:
     """The seed's loop: DDIM, conditional and unconditional UNet calls one after the other, fp32."""
     n, device = len(seeds), pipe.device
-    cond, cond_mask = pipe.encode_prompt([PROMPT], device, n)
-    uncond, uncond_mask = pipe.encode_prompt([""], device, n)
+    cond, cond_mask, uncond, uncond_mask = pipe.encode_prompt([PROMPT], device, n, True)
     pipe.scheduler.set_timesteps(steps, device=device)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     latents = pipe.prepare_latents(n, size, size, cond.dtype, device, generators)
@@ -197,7 +196,8 @@ def unet_flops(pipe: CXRPipeline, size: int, batch: int, repeats: int) -> dict:
     device = pipe.device
     latent = size // pipe.vae_scale_factor
     x = torch.randn(batch, pipe.unet.config.in_channels, latent, latent, device=device)
-    states, mask = pipe.encode_prompt([PROMPT] * batch, device, 1)
+    with torch.no_grad():
+        states, mask, _, _ = pipe.encode_prompt([PROMPT] * batch, device, 1, False)
     t = torch.tensor(500, device=device)
     if next(pipe.unet.parameters()).is_contiguous(memory_format=torch.channels_last) and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)

@@ -230,3 +230,201 @@ def test_bad_input_gets_one_clear_sentence(pipe, kwargs, message):
     kwargs = {"prompt": PROMPT, "num_inference_steps": 2, **kwargs}
     with pytest.raises(CXRInputError, match=message):
         pipe(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- diffusers-shaped API
+EXPECTED_SLICE = np.array([0.50461173, 0.51974016, 0.4743796, 0.51073325, 0.54559124, 0.50350213, 0.474915,
+                           0.51057047, 0.50448906])
+
+
+def pinned_pipeline():
+    """The tiny pipeline built after `torch.manual_seed(0)`, with a VAE scaling factor != 1 so that mis-scaled
+    latents change the image."""
+    torch.manual_seed(0)
+    components = create_components("tiny")
+    components["vae"].register_to_config(scaling_factor=0.7)
+    pipeline = CXRPipeline(**components)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def flip_guidance_sign(pipeline):
+    """Make the UNet return 2 * uncond - text for the text branch: the guided prediction becomes
+    uncond - g * (text - uncond), exactly what a sign error in classifier-free guidance computes."""
+    forward = pipeline.unet.forward
+
+    def flipped(*args, **kwargs):
+        output = forward(*args, **kwargs)
+        uncond, text = output.sample.chunk(2)
+        output.sample = torch.cat([uncond, 2 * uncond - text])
+        return output
+
+    pipeline.unet.forward = flipped
+
+
+def test_pinned_output_slice():
+    """As diffusers' pipeline tests: fixed components and seed give these pixels (tolerance 1e-3). A consistent maths
+    error shifts them by far more: the CFG sign by ~1e-2, ignoring the VAE scaling factor by ~5e-2 (checked below)."""
+    def slice_of(pipeline):
+        image = run(pipeline, num_inference_steps=3)
+        assert image.shape == (1, 64, 64, 1)
+        return image[0, -3:, -3:, -1].flatten()
+
+    pipeline = pinned_pipeline()
+    assert np.abs(slice_of(pipeline) - EXPECTED_SLICE).max() < 1e-3
+    flip_guidance_sign(pipeline)
+    assert np.abs(slice_of(pipeline) - EXPECTED_SLICE).max() > 5e-3
+    unscaled = pinned_pipeline()
+    unscaled.vae.register_to_config(scaling_factor=1.0)  # = decoding latents without dividing by the scaling factor
+    assert np.abs(slice_of(unscaled) - EXPECTED_SLICE).max() > 5e-3
+
+
+def test_outputs_go_through_vae_image_processor_with_the_old_pixel_values():
+    """pil/np/pt equal, bit for bit, what the pipeline's own conversion (`_to_output_type`, replaced by diffusers'
+    VaeImageProcessor) made of the same decoded latents."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    pipeline = pinned_pipeline()
+    assert isinstance(pipeline.image_processor, VaeImageProcessor)
+    latents = run(pipeline, output_type="latent")
+    with torch.no_grad():
+        decoded = pipeline.vae.decode(latents / pipeline.vae.config.scaling_factor).sample
+    old = (decoded / 2 + 0.5).clamp(0, 1).float().cpu()  # the former decode_latents + _to_output_type
+    old_np = old.permute(0, 2, 3, 1).numpy()
+    old_pil = (old_np[0, ..., 0] * 255).round().astype(np.uint8)
+    image_np = run(pipeline, output_type="np")
+    assert image_np.dtype == np.float32 and image_np.shape == (1, 64, 64, 1)
+    assert np.array_equal(image_np, old_np)
+    image_pt = run(pipeline, output_type="pt")
+    assert image_pt.dtype == torch.float32 and image_pt.shape == (1, 1, 64, 64) and torch.equal(image_pt, old)
+    image_pil = run(pipeline, output_type="pil")[0]
+    assert image_pil.mode == "L" and np.array_equal(np.asarray(image_pil), old_pil)
+    assert read_provenance(image_pil)["synthetic"] is True
+    enhanced = run(pipeline, output_type="np", enhancement="balanced")  # enhanced in [0, 1], not denormalised twice
+    expected = pipeline._apply_enhancement(old, pipeline._resolve_enhancement("balanced")).permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(enhanced, expected)
+
+
+def test_example_docstring_and_check_inputs_returns_none(pipe):
+    assert ">>> image = pipe(prompt" in CXRPipeline.__call__.__doc__
+    assert "Examples:" in CXRPipeline.__call__.__doc__ and "Args:" in CXRPipeline.check_inputs.__doc__
+    assert pipe.check_inputs(PROMPT, 64, 64, 2, 4.0, 1, "np") is None
+
+
+def test_encode_prompt_returns_both_sides_with_masks_and_keeps_gradients(pipe):
+    embeds, mask, negative, negative_mask = pipe.encode_prompt([PROMPT, "AP chest radiograph."], "cpu", 2, True)
+    assert embeds.shape[:2] == mask.shape and embeds.shape[0] == 4 and negative.shape == embeds.shape
+    assert mask.shape == negative_mask.shape and negative_mask.sum(dim=1).tolist() == [2] * 4  # [CLS] [SEP]
+    assert torch.equal(embeds[0], embeds[1]) and not torch.equal(embeds[1], embeds[2])
+    assert pipe.encode_prompt(PROMPT, "cpu", 1, False)[2:] == (None, None)
+    with torch.enable_grad():  # no torch.no_grad inside: training computes its conditioning with it
+        trained = pipe.encode_prompt(PROMPT, "cpu", 1, False, padding="longest")[0]
+    assert trained.requires_grad and trained.shape[1] == int(pipe.tokenizer(PROMPT, return_tensors="pt").input_ids.shape[1])
+
+
+def test_precomputed_prompt_embeds_give_the_same_images(pipe):
+    embeds, mask, negative, negative_mask = pipe.encode_prompt(PROMPT, "cpu", 1, True, negative_prompt="lateral view")
+    by_text = run(pipe, negative_prompt="lateral view")
+    by_embeds = pipe(prompt_embeds=embeds, prompt_attention_mask=mask, negative_prompt_embeds=negative,
+                     negative_prompt_attention_mask=negative_mask, num_inference_steps=3, output_type="np",
+                     generator=torch.Generator().manual_seed(0)).images
+    assert np.array_equal(by_text, by_embeds)
+    # shorter precomputed states (padding="longest") batch with the computed 128-token negative side, padded and masked
+    short, short_mask, _, _ = pipe.encode_prompt(PROMPT, "cpu", 1, False, padding="longest")
+    images = pipe(prompt_embeds=short, prompt_attention_mask=short_mask, num_inference_steps=3, output_type="pil",
+                  generator=torch.Generator().manual_seed(0)).images
+    np.testing.assert_allclose(np.asarray(images[0], dtype=np.float32), (run(pipe)[0, ..., 0] * 255).round(), atol=1)
+    record = read_provenance(images[0])
+    assert record["prompt"] is None and record["prompt_embeds"] == "precomputed"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"prompt": None}, "prompt is missing"),
+        ({"prompt_embeds": torch.zeros(1, 4, 32)}, "Give prompt or prompt_embeds, not both"),
+        ({"prompt": None, "prompt_embeds": torch.zeros(1, 4, 16)}, r"prompt_embeds must have shape \(batch, tokens, 32\)"),
+        ({"prompt": None, "prompt_embeds": torch.full((1, 4, 32), float("nan"))}, "prompt_embeds contain NaN"),
+        ({"prompt": None, "prompt_embeds": torch.zeros(1, 4, 32), "prompt_attention_mask": torch.ones(1, 5)},
+         r"prompt_attention_mask must be a tensor of shape \(1, 4\)"),
+        ({"prompt_attention_mask": torch.ones(1, 4)}, "prompt_attention_mask is only used with prompt_embeds"),
+        ({"negative_prompt": "x", "negative_prompt_embeds": torch.zeros(1, 4, 32)},
+         "Give negative_prompt or negative_prompt_embeds, not both"),
+        ({"prompt": None, "prompt_embeds": torch.zeros(2, 4, 32), "negative_prompt_embeds": torch.zeros(2, 5, 32)},
+         "negative_prompt_embeds must have the shape of prompt_embeds"),
+        ({"negative_prompt_embeds": torch.zeros(2, 4, 32)}, "negative_prompt_embeds has 2 entries but prompt has 1"),
+        ({"guidance_rescale": 1.5}, "guidance_rescale must be a number between 0 and 1"),
+        ({"guidance_rescale": "0.7"}, "guidance_rescale must be a number between 0 and 1"),
+    ],
+)
+def test_bad_precomputed_embeds_and_guidance_rescale_get_one_sentence(pipe, kwargs, message):
+    kwargs = {"prompt": PROMPT, "num_inference_steps": 2, **kwargs}
+    with pytest.raises(CXRInputError, match=message):
+        pipe(**kwargs)
+
+
+def test_guidance_rescale_zero_is_todays_image_and_positive_changes_it(pipe):
+    from cxr_diffusers.pipelines.pipeline_cxr import rescale_noise_cfg
+
+    base = run(pipe)
+    assert np.array_equal(run(pipe, guidance_rescale=0.0), base)
+    rescaled = run(pipe, guidance_rescale=0.7)
+    assert np.isfinite(rescaled).all() and np.abs(rescaled - base).max() > 1e-3
+    assert np.array_equal(run(pipe, guidance_scale=1.0, guidance_rescale=0.7), run(pipe, guidance_scale=1.0))  # no CFG
+    guided, text = torch.randn(2, 8, 4, 4) * 3, torch.randn(2, 8, 4, 4)
+    torch.testing.assert_close(rescale_noise_cfg(guided, text, 1.0).std(dim=(1, 2, 3)), text.std(dim=(1, 2, 3)))
+    assert torch.equal(rescale_noise_cfg(guided, text, 0.0), guided)
+    record = read_provenance(run(pipe, output_type="pil", guidance_rescale=0.7)[0])
+    assert record["guidance_rescale"] == 0.7
+
+
+@pytest.mark.parametrize("name", ["dpm++", "ddim", "ddpm", "euler", "unipc"])
+def test_v_prediction_zero_terminal_snr_schedulers(pipe, name):
+    from cxr_diffusers.schedulers import default_scheduler
+
+    original = pipe.scheduler
+    try:
+        pipe.scheduler = scheduler_from_name(name, default_scheduler("v_prediction", zero_terminal_snr=True).config)
+        config = pipe.scheduler.config
+        assert (config.prediction_type, config.rescale_betas_zero_snr, config.timestep_spacing) == \
+            ("v_prediction", True, "trailing")
+        pipe.scheduler.set_timesteps(4)
+        assert int(pipe.scheduler.timesteps[0]) == 999  # sampling starts from the pure-noise timestep
+        images = run(pipe, num_inference_steps=4, guidance_rescale=0.7)
+        assert np.isfinite(images).all() and images.std() > 1e-2 and images.max() - images.min() > 0.1
+    finally:
+        pipe.scheduler = original
+
+
+def test_zero_terminal_snr_needs_v_prediction():
+    from cxr_diffusers.schedulers import default_scheduler, training_schedule
+
+    assert default_scheduler().config.rescale_betas_zero_snr is False  # v1 default unchanged
+    assert default_scheduler().config.timestep_spacing == "linspace"
+    assert training_schedule("v_prediction", True)["rescale_betas_zero_snr"] is True
+    with pytest.raises(CXRInputError, match="needs prediction_type='v_prediction'"):
+        default_scheduler("epsilon", zero_terminal_snr=True)
+    with pytest.raises(CXRInputError, match="prediction_type must be one of"):
+        default_scheduler("sample")
+
+
+def test_vae_slicing_and_tiling_through_the_pipeline(pipe):
+    prompts = [PROMPT, "AP chest radiograph. Findings: pneumonia.", "Pediatric chest radiograph."]
+    generators = lambda: [torch.Generator().manual_seed(s) for s in range(3)]  # noqa: E731
+    batched = pipe(prompts, num_inference_steps=2, generator=generators(), output_type="np").images
+    try:
+        pipe.enable_vae_slicing()
+        assert pipe.vae.use_slicing
+        sliced = pipe(prompts, num_inference_steps=2, generator=generators(), output_type="np").images
+    finally:
+        pipe.disable_vae_slicing()
+    np.testing.assert_allclose(sliced, batched, rtol=0, atol=1e-5)
+    full = run(pipe, height=256, width=256, num_inference_steps=1)
+    try:
+        pipe.enable_vae_tiling()  # the tiny VAE's 64 px tiles
+        assert pipe.vae.use_tiling and pipe.vae.tile_sample_min_size == 64
+        tiled = run(pipe, height=256, width=256, num_inference_steps=1)
+    finally:
+        pipe.disable_vae_tiling()
+    assert not pipe.vae.use_tiling and tiled.shape == full.shape == (1, 256, 256, 1)
+    assert 0 < np.abs(tiled - full).mean() < 0.1

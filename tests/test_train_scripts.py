@@ -118,14 +118,16 @@ def test_train_ldm_produces_a_pipeline_that_generates(tiny_vae, xray_dataset, tm
 
 
 VAE_V2_FLAGS = ["--perceptual_weight", "0.5", "--disc_weight", "0.5", "--disc_start", "2", "--logging_steps", "1"]
+LDM_V2_FLAGS = ["--prediction_type", "v_prediction", "--zero_terminal_snr", "--snr_gamma", "5.0", "--logging_steps", "1"]
 
 
-@pytest.mark.parametrize("script,extra", [("train_ldm", []), ("train_vae", []), ("train_vae", VAE_V2_FLAGS)],
-                         ids=["ldm", "vae", "vae-v2-objective"])
+@pytest.mark.parametrize("script,extra", [("train_ldm", []), ("train_ldm", LDM_V2_FLAGS), ("train_vae", []),
+                                          ("train_vae", VAE_V2_FLAGS)],
+                         ids=["ldm", "ldm-v-prediction-zero-snr", "vae", "vae-v2-objective"])
 def test_resume_is_exact(script, extra, tiny_vae, xray_dataset, tmp_path):
     """N steps in one run == N/2 steps, stop, resume for N/2 more (the state at N/2 is the saved checkpoint, with the
     discriminator and its optimizer for the VAE v2 objective)."""
-    extra = ["--pretrained_vae_model_name_or_path", str(tiny_vae / "vae")] if script == "train_ldm" else extra
+    extra = ["--pretrained_vae_model_name_or_path", str(tiny_vae / "vae"), *extra] if script == "train_ldm" else extra
     args = ["--config", TINY, "--train_data_dir", xray_dataset, "--validation_steps", "100", *extra]
     full, half = tmp_path / "full", tmp_path / "half"
     load_script(script).main([*args, "--output_dir", str(full)])
@@ -196,3 +198,122 @@ def test_vae_metrics_spread_over_sources_and_report_each():
     # the mean is the mean of the per-image values, so the per-source means average to it here
     per_source = [m["psnr"] for m in metrics["per_source"].values()]
     assert metrics["psnr"] == pytest.approx(float(np.mean(per_source)))
+
+
+# ---------------------------------------------------------------------------------------------- LDM v2
+def test_train_ldm_v_prediction_zero_terminal_snr_trains_saves_and_generates(tiny_vae, xray_dataset, tmp_path):
+    load_script("train_ldm").main(["--config", TINY, "--train_data_dir", xray_dataset, "--output_dir", str(tmp_path),
+                                   "--pretrained_vae_model_name_or_path", str(tiny_vae / "vae"), *LDM_V2_FLAGS,
+                                   "--gradient_checkpointing", "--allow_tf32", "--adam_beta1", "0.9",
+                                   "--adam_beta2", "0.99", "--adam_epsilon", "1e-7", "--dataloader_num_workers", "0"])
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 6 and all(np.isfinite(losses))
+    config = json.loads((tmp_path / "pipeline" / "scheduler" / "scheduler_config.json").read_text())
+    assert config["prediction_type"] == "v_prediction" and config["rescale_betas_zero_snr"] is True
+    assert config["timestep_spacing"] == "trailing" and config["final_sigmas_type"] == "zero"
+    summary = json.loads((tmp_path / "pipeline" / "training_summary.json").read_text())
+    assert summary["prediction_type"] == "v_prediction" and summary["zero_terminal_snr"] is True
+    pipe = CXRPipeline.from_pretrained(tmp_path / "pipeline")
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe("Pediatric chest radiograph. Findings: pneumonia.", num_inference_steps=3, guidance_rescale=0.7,
+                  output_type="np", generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (1, 64, 64, 1) and np.isfinite(images).all() and images.std() > 1e-3
+
+
+def test_min_snr_weights_are_finite_at_zero_terminal_snr():
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import compute_snr
+
+    from cxr_diffusers.schedulers import training_schedule
+
+    ldm = load_script("train_ldm")
+    timesteps = torch.tensor([0, 10, 500, 998, 999])
+    zero_snr = DDPMScheduler(**training_schedule("v_prediction", zero_terminal_snr=True))
+    snr = compute_snr(zero_snr, timesteps)
+    assert snr[-1] == 0  # the last timestep is pure noise
+    weights = ldm.min_snr_loss_weights(zero_snr, timesteps, 5.0, "v_prediction")
+    assert torch.isfinite(weights).all() and weights[-1] == 0
+    torch.testing.assert_close(weights, torch.minimum(snr, torch.tensor(5.0)) / (snr + 1))
+    epsilon = ldm.min_snr_loss_weights(zero_snr, timesteps, 5.0, "epsilon")  # 0 / 0 guarded: the limit 1
+    assert torch.isfinite(epsilon).all() and epsilon[-1] == 1
+    v1 = DDPMScheduler(**training_schedule("epsilon"))
+    snr = compute_snr(v1, timesteps)  # v1 schedule: exactly the former min(snr, gamma) / snr
+    assert torch.equal(ldm.min_snr_loss_weights(v1, timesteps, 5.0, "epsilon"),
+                       torch.minimum(snr, torch.full_like(snr, 5.0)) / snr)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--zero_terminal_snr"], "--zero_terminal_snr needs --prediction_type v_prediction"),
+    (["--prediction_type", "v_prediction", "--zero_terminal_snr", "--noise_offset", "0.1"],
+     "--noise_offset is not used with --zero_terminal_snr"),
+    (["--snr_gamma", "0"], "--snr_gamma must be positive"),
+])
+def test_train_ldm_v2_flag_errors(xray_dataset, tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        load_script("train_ldm").main(["--config", TINY, "--train_data_dir", xray_dataset, "--output_dir",
+                                       str(tmp_path), "--pretrained_vae_model_name_or_path", "unused", *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_latents_cache_dir_is_reused_across_runs_and_resumes(tiny_vae, xray_dataset, tmp_path):
+    """The first run encodes into --latents_cache_dir; a resume in another output folder finds the file and must not
+    encode (the encoder is replaced by one that fails), and still ends exactly where the uninterrupted run did."""
+    cache = tmp_path / "latents"
+    args = ["--config", TINY, "--train_data_dir", xray_dataset, "--validation_steps", "100",
+            "--pretrained_vae_model_name_or_path", str(tiny_vae / "vae"), "--latents_cache_dir", str(cache)]
+    full, half = tmp_path / "full", tmp_path / "half"
+    load_script("train_ldm").main([*args, "--output_dir", str(full)])
+    files = list(cache.glob("latents-*.safetensors"))
+    assert len(files) == 1 and not (full / "latent_cache.safetensors").exists()
+    stamp = files[0].stat().st_mtime_ns
+    half.mkdir()
+    shutil.copytree(full / "checkpoint-3", half / "checkpoint-3")
+    script = load_script("train_ldm")
+
+    def must_not_encode(*args, **kwargs):
+        raise AssertionError("the cached latents should have been reused")
+
+    script.encode_moments = must_not_encode
+    script.main([*args, "--output_dir", str(half), "--resume_from_checkpoint", "latest"])
+    assert list(cache.glob("latents-*.safetensors")) == files and files[0].stat().st_mtime_ns == stamp
+    a = load_file(full / "pipeline/unet/diffusion_pytorch_model.safetensors")
+    b = load_file(half / "pipeline/unet/diffusion_pytorch_model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_latent_cache_key_follows_data_encoder_and_resolution(tiny_vae, xray_dataset, tmp_path):
+    from cxr_diffusers.training_utils import load_training_dataset
+
+    ldm = load_script("train_ldm")
+    dataset = load_training_dataset(xray_dataset, None, "train")
+    vae = CXRAutoencoderKL.from_pretrained(tiny_vae / "vae").eval()
+    calls = []
+    encode = ldm.encode_moments
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return encode(*args, **kwargs)
+
+    ldm.encode_moments = counting
+    path = tmp_path / "cache.safetensors"
+    first = ldm.cached_latent_moments(vae, dataset, 64, 4, path, "cpu")
+    again = ldm.cached_latent_moments(vae, dataset, 64, 4, path, "cpu")
+    assert len(calls) == 1 and torch.equal(first, again) and again.stride() == first.stride()  # layout kept too
+    key = ldm.latent_cache_key(vae, dataset, 64)
+    assert ldm.latent_cache_key(vae, dataset, 128) != key
+    assert ldm.latent_cache_key(vae, dataset.select(range(4)), 64) != key
+    other = CXRAutoencoderKL.from_pretrained(tiny_vae / "vae").eval()
+    with torch.no_grad():
+        other.encoder.conv_in.weight.add_(1e-3)  # another encoder: other latents
+    assert ldm.latent_cache_key(other, dataset, 64) != key
+    ldm.cached_latent_moments(other, dataset, 64, 4, path, "cpu")
+    assert len(calls) == 2
+    decoder_only = CXRAutoencoderKL.from_pretrained(tiny_vae / "vae").eval()
+    with torch.no_grad():
+        decoder_only.decoder.conv_out.weight.add_(1e-3)  # the latents do not depend on the decoder
+    decoder_only.register_to_config(scaling_factor=0.5)
+    assert ldm.latent_cache_key(decoder_only, dataset, 64) == key
+    half = ldm.cached_latent_moments(vae, dataset, 64, 4, tmp_path / "fp16.safetensors", "cpu", dtype=torch.float16)
+    assert half.dtype == torch.float16 and len(calls) == 3
+    torch.testing.assert_close(half.float(), first, rtol=1e-3, atol=1e-3)

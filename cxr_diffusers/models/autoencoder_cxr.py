@@ -3,6 +3,10 @@
 The encoder and decoder are diffusers' own `Encoder` / `Decoder` (the blocks of `AutoencoderKL`); what is specific to
 chest X-rays is the single grey channel, the 8x spatial downsampling to an 8-channel latent, and self-attention at
 the two lowest resolutions (where the global layout of lungs, heart and mediastinum is decided).
+
+Like diffusers' `AutoencoderKL` it can encode and decode a batch one image at a time (`enable_slicing()`) and a
+large image in overlapping tiles blended together (`enable_tiling()`), so that 512-1024 px images decode in bounded
+memory.
 """
 
 from __future__ import annotations
@@ -14,8 +18,15 @@ from torch import nn
 
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
-from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution, Decoder, Encoder
+from diffusers.models.autoencoders.vae import (
+    AutoencoderMixin,
+    DecoderOutput,
+    DiagonalGaussianDistribution,
+    Decoder,
+    Encoder,
+)
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
+from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from ..errors import CXRInputError
 
@@ -32,7 +43,7 @@ class CXRAutoencoderKLOutput(DecoderOutput):
     latent_dist: DiagonalGaussianDistribution | None = None
 
 
-class CXRAutoencoderKL(ModelMixin, ConfigMixin):
+class CXRAutoencoderKL(ModelMixin, AutoencoderMixin, ConfigMixin):
     r"""
     Variational autoencoder with a KL-regularised latent, for grayscale chest X-rays.
 
@@ -49,6 +60,13 @@ class CXRAutoencoderKL(ModelMixin, ConfigMixin):
         sample_size (`int`): nominal image size the model was trained for (informational).
         scaling_factor (`float`): multiply latents by this before diffusion (`1 / std` of training latents, set by
             `train_vae.py`); divide by it before `decode`.
+
+    Attributes (not saved in the config, as in `AutoencoderKL`):
+        use_slicing (`bool`): encode/decode a batch one image at a time (`enable_slicing()`).
+        use_tiling (`bool`): encode/decode images larger than one tile in overlapping tiles (`enable_tiling()`).
+        tile_sample_min_size (`int`): tile side in pixels (default `sample_size`).
+        tile_latent_min_size (`int`): tile side in latent pixels (`tile_sample_min_size / downsample_factor`).
+        tile_overlap_factor (`float`): fraction of a tile shared with its neighbour and blended linearly (0.25).
     """
 
     _supports_gradient_checkpointing = True
@@ -101,6 +119,12 @@ class CXRAutoencoderKL(ModelMixin, ConfigMixin):
         self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1)
         self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1)
 
+        self.use_slicing = False
+        self.use_tiling = False
+        self.tile_sample_min_size = sample_size
+        self.tile_latent_min_size = sample_size // 2 ** (num_levels - 1)
+        self.tile_overlap_factor = 0.25
+
     @property
     def downsample_factor(self) -> int:
         return 2 ** (len(self.config.block_out_channels) - 1)
@@ -142,19 +166,114 @@ class CXRAutoencoderKL(ModelMixin, ConfigMixin):
                 f"{what} height and width must be multiples of {multiple}, got {x.shape[-2]}x{x.shape[-1]}."
             )
 
+    # ------------------------------------------------------------------ slicing and tiling
+    def enable_tiling(self, tile_sample_min_size: int | None = None, tile_overlap_factor: float | None = None) -> None:
+        """
+        Encode and decode images larger than `tile_sample_min_size` pixels (default `sample_size`) in overlapping
+        tiles blended linearly over `tile_overlap_factor` of a tile (default 0.25): memory then depends on the tile,
+        not on the image. Each tile normalises and attends on its own, so the result is close to, not equal to, the
+        untiled one.
+        """
+        if tile_sample_min_size is not None:
+            if (isinstance(tile_sample_min_size, bool) or not isinstance(tile_sample_min_size, int)
+                    or tile_sample_min_size <= 0 or tile_sample_min_size % self.downsample_factor):
+                raise CXRInputError(
+                    f"tile_sample_min_size must be a positive multiple of {self.downsample_factor}, "
+                    f"got {tile_sample_min_size!r}."
+                )
+            self.tile_sample_min_size = tile_sample_min_size
+            self.tile_latent_min_size = tile_sample_min_size // self.downsample_factor
+        if tile_overlap_factor is not None:
+            if not 0 <= tile_overlap_factor < 1:
+                raise CXRInputError(f"tile_overlap_factor must be in [0, 1), got {tile_overlap_factor!r}.")
+            self.tile_overlap_factor = float(tile_overlap_factor)
+        self.use_tiling = True
+
+    @staticmethod
+    def _blend(previous: torch.Tensor, tile: torch.Tensor, extent: int, dim: int) -> torch.Tensor:
+        """`tile` whose first `extent` rows (`dim=2`) or columns (`dim=3`) fade in linearly from `previous`'s last ones."""
+        extent = min(previous.shape[dim], tile.shape[dim], extent)
+        if extent <= 0:
+            return tile
+        ramp = torch.arange(extent, device=tile.device, dtype=tile.dtype) / extent
+        ramp = ramp.view(-1, 1) if dim == 2 else ramp.view(1, -1)
+        head = previous.narrow(dim, previous.shape[dim] - extent, extent) * (1 - ramp) + tile.narrow(dim, 0, extent) * ramp
+        return torch.cat([head, tile.narrow(dim, extent, tile.shape[dim] - extent)], dim=dim)
+
+    def _tiled(self, x: torch.Tensor, function, in_tile: int, out_tile: int) -> torch.Tensor:
+        """
+        Apply `function` to overlapping `in_tile`-sized tiles of `x`, blend each output tile with its upper and left
+        neighbours over about `out_tile * overlap` pixels, and stitch the results. The stride is a whole number of
+        latent pixels, so that input and output strides match for any overlap factor.
+        """
+        latent_stride = max(1, int(self.tile_latent_min_size * (1 - self.tile_overlap_factor)))
+        stride = latent_stride * in_tile // self.tile_latent_min_size
+        keep = latent_stride * out_tile // self.tile_latent_min_size
+        extent = out_tile - keep
+        rows = [
+            [function(x[:, :, i : i + in_tile, j : j + in_tile]) for j in range(0, x.shape[3], stride)]
+            for i in range(0, x.shape[2], stride)
+        ]
+        for i, row in enumerate(rows):  # neighbours are blended before the tiles after them, as in AutoencoderKL
+            for j in range(len(row)):
+                if i > 0:
+                    row[j] = self._blend(rows[i - 1][j], row[j], extent, dim=2)
+                if j > 0:
+                    row[j] = self._blend(row[j - 1], row[j], extent, dim=3)
+        return torch.cat([torch.cat([tile[:, :, :keep, :keep] for tile in row], dim=3) for row in rows], dim=2)
+
+    def _moments(self, x: torch.Tensor) -> torch.Tensor:
+        """Posterior moments (mean and log-variance, `2 * latent_channels` channels) of images in [-1, 1]."""
+        return self.quant_conv(self.encoder(x))
+
+    def _pixels(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.post_quant_conv(z))
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_tiling and max(x.shape[-2:]) > self.tile_sample_min_size:
+            return self._tiled(x, self._moments, self.tile_sample_min_size, self.tile_latent_min_size)
+        return self._moments(x)
+
+    def tiled_encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple:
+        """Encode `x` in overlapping tiles (see `enable_tiling`), whatever its size."""
+        self._check_input(x, self.config.in_channels, "Images", self.downsample_factor)
+        moments = self._tiled(x, self._moments, self.tile_sample_min_size, self.tile_latent_min_size)
+        posterior = DiagonalGaussianDistribution(moments)
+        return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        if self.use_tiling and max(z.shape[-2:]) > self.tile_latent_min_size:
+            return self._tiled(z, self._pixels, self.tile_latent_min_size, self.tile_sample_min_size)
+        return self._pixels(z)
+
+    def tiled_decode(self, z: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple:
+        """Decode `z` in overlapping tiles (see `enable_tiling`), whatever its size."""
+        self._check_input(z, self.config.latent_channels, "Latents", 1)
+        decoded = self._tiled(z, self._pixels, self.tile_latent_min_size, self.tile_sample_min_size)
+        return DecoderOutput(sample=decoded) if return_dict else (decoded,)
+
+    # ------------------------------------------------------------------ encode / decode
+    @apply_forward_hook
     def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple:
         """Encode images in [-1, 1] of shape (B, 1, H, W) into a `DiagonalGaussianDistribution` over latents."""
         self._check_input(x, self.config.in_channels, "Images", self.downsample_factor)
-        moments = self.quant_conv(self.encoder(x))
+        if self.use_slicing and x.shape[0] > 1:
+            moments = torch.cat([self._encode(image) for image in x.split(1)])
+        else:
+            moments = self._encode(x)
         posterior = DiagonalGaussianDistribution(moments)
         if not return_dict:
             return (posterior,)
         return AutoencoderKLOutput(latent_dist=posterior)
 
+    @apply_forward_hook
     def decode(self, z: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple:
         """Decode (unscaled) latents of shape (B, latent_channels, h, w) into images in about [-1, 1]."""
         self._check_input(z, self.config.latent_channels, "Latents", 1)
-        decoded = self.decoder(self.post_quant_conv(z))
+        if self.use_slicing and z.shape[0] > 1:
+            decoded = torch.cat([self._decode(latent) for latent in z.split(1)])
+        else:
+            decoded = self._decode(z)
         if not return_dict:
             return (decoded,)
         return DecoderOutput(sample=decoded)

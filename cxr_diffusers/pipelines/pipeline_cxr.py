@@ -24,8 +24,9 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from diffusers import DiffusionPipeline
+from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers import KarrasDiffusionSchedulers  # noqa: F401  (documented scheduler family)
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 
 # The custom components must be importable under the module paths stored in model_index.json.
@@ -45,6 +46,41 @@ MAX_IMAGES_PER_CALL = 64
 MAX_GUIDANCE_SCALE = 30.0
 
 logger = logging.getLogger(__name__)
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from cxr_diffusers import CXRPipeline
+
+        >>> pipe = CXRPipeline.from_pretrained("pretrained/cxr-ldm-small")
+        >>> prompt = "PA chest radiograph of a 45 year old male. Findings: right lower lobe pneumonia."
+        >>> image = pipe(prompt, num_inference_steps=25, guidance_scale=4.0,
+        ...              generator=torch.Generator().manual_seed(0)).images[0]
+        >>> image.mode, image.size
+        ('L', (256, 256))
+        >>> image.save("synthetic_cxr.png")  # the PNG carries "synthetic, NOT FOR CLINICAL USE" and the parameters
+        ```
+"""
+
+
+def rescale_noise_cfg(noise_cfg: torch.Tensor, noise_pred_text: torch.Tensor, guidance_rescale: float = 0.0) -> torch.Tensor:
+    r"""
+    Rescale the guided prediction `noise_cfg` to the per-image standard deviation of the text-conditioned prediction
+    `noise_pred_text`, mixed with the unrescaled one by `guidance_rescale` (Lin et al. 2023, "Common Diffusion Noise
+    Schedules and Sample Steps are Flawed", section 3.4; as diffusers' Stable Diffusion pipeline). Strong guidance
+    otherwise over-exposes images, most visibly with zero terminal SNR.
+
+    Args:
+        noise_cfg (`torch.Tensor`): the guided prediction `(B, C, h, w)`.
+        noise_pred_text (`torch.Tensor`): the text-conditioned prediction of the same shape.
+        guidance_rescale (`float`): 0 returns `noise_cfg` unchanged, 1 fully rescaled.
+    """
+    dims = list(range(1, noise_pred_text.ndim))
+    std_text = noise_pred_text.std(dim=dims, keepdim=True)
+    std_cfg = noise_cfg.std(dim=dims, keepdim=True)
+    rescaled = noise_cfg * (std_text / std_cfg)
+    return guidance_rescale * rescaled + (1 - guidance_rescale) * noise_cfg
 
 
 def _as_int(value, name: str) -> int:
@@ -102,6 +138,13 @@ class CXRPipeline(DiffusionPipeline):
                 f"The text encoder projects to {text_encoder.config.projection_dim} but the UNet's "
                 f"cross_attention_dim is {unet.config.cross_attention_dim}."
             )
+        # [-1, 1] decoder output -> [0, 1] -> np (B, H, W, 1) / PIL mode "L" (diffusers' grayscale case)
+        self.image_processor = VaeImageProcessor(
+            vae_scale_factor=vae.downsample_factor,
+            vae_latent_channels=vae.config.latent_channels,
+            do_normalize=True,
+            do_convert_grayscale=True,
+        )
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -136,39 +179,131 @@ class CXRPipeline(DiffusionPipeline):
     def default_size(self) -> int:
         return self.unet.config.sample_size * self.vae_scale_factor
 
+    # ------------------------------------------------------------------ VAE memory options
+    def enable_vae_slicing(self) -> None:
+        """Decode the batch one image at a time (less memory for large batches, same images)."""
+        self.vae.enable_slicing()
+
+    def disable_vae_slicing(self) -> None:
+        """Decode the whole batch at once again."""
+        self.vae.disable_slicing()
+
+    def enable_vae_tiling(self, tile_sample_min_size: int | None = None, tile_overlap_factor: float | None = None) -> None:
+        """
+        Decode images larger than one VAE tile (`vae.tile_sample_min_size`, the VAE's training size by default) in
+        overlapping blended tiles: bounded memory at 512-1024 px, close to but not equal to the untiled image.
+        """
+        self.vae.enable_tiling(tile_sample_min_size=tile_sample_min_size, tile_overlap_factor=tile_overlap_factor)
+
+    def disable_vae_tiling(self) -> None:
+        """Decode in one step again."""
+        self.vae.disable_tiling()
+
     # ------------------------------------------------------------------ checks
+    def _check_states(self, embeds, mask, name: str, mask_name: str) -> None:
+        """Precomputed text states `(B, L, cross_attention_dim)`, finite, with an optional `(B, L)` mask."""
+        width = self.unet.config.cross_attention_dim
+        if not isinstance(embeds, torch.Tensor):
+            raise CXRInputError(f"{name} must be a torch.Tensor, got {type(embeds).__name__}.")
+        if embeds.ndim != 3 or embeds.shape[0] < 1 or embeds.shape[1] < 1 or embeds.shape[2] != width:
+            raise CXRInputError(f"{name} must have shape (batch, tokens, {width}), got {tuple(embeds.shape)}.")
+        if not torch.isfinite(embeds).all():
+            raise CXRInputError(f"{name} contain NaN or infinite values.")
+        if mask is not None and (not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(embeds.shape[:2])):
+            shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise CXRInputError(f"{mask_name} must be a tensor of shape {tuple(embeds.shape[:2])}, got {shape}.")
+
     def check_inputs(
         self,
-        prompt,
-        negative_prompt,
+        prompt: str | list[str] | None,
         height: int,
         width: int,
-        num_inference_steps,
-        guidance_scale,
-        num_images_per_prompt,
+        num_inference_steps: int,
+        guidance_scale: float,
+        num_images_per_prompt: int,
         output_type: str,
-        latents: torch.Tensor | None,
-        generator,
-        callback_on_step_end_tensor_inputs,
-    ) -> list[str]:
-        """Validate the call's arguments and return the prompts as a list."""
-        prompts = [prompt] if isinstance(prompt, str) else prompt
-        if not isinstance(prompts, (list, tuple)) or not prompts:
-            raise CXRInputError(f"prompt must be a non-empty string or a list of strings, got {type(prompt).__name__}.")
-        for i, text in enumerate(prompts):
-            if not isinstance(text, str):
-                raise CXRInputError(f"prompt[{i}] must be a string, got {type(text).__name__}.")
-            if not text.strip():
+        latents: torch.Tensor | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        guidance_rescale: float = 0.0,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> None:
+        r"""
+        Validate the arguments of `__call__`; raise `CXRInputError` with one sentence on the first bad one.
+
+        Args:
+            prompt (`str` or `list[str]`, *optional*): the radiology text (exactly one of `prompt`, `prompt_embeds`).
+            height (`int`), width (`int`): image size, positive multiples of `size_multiple`, at most `MAX_IMAGE_SIDE`.
+            num_inference_steps (`int`): at least 1 and at most the scheduler's training timesteps.
+            guidance_scale (`float`): in [0, `MAX_GUIDANCE_SCALE`].
+            num_images_per_prompt (`int`): at least 1; prompts x images at most `MAX_IMAGES_PER_CALL`.
+            output_type (`str`): "pil", "np", "pt" or "latent".
+            latents (`torch.Tensor`, *optional*): finite, of shape `(B, C, height / 8, width / 8)`.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): one, or one per image.
+            negative_prompt (`str` or `list[str]`, *optional*): one per prompt; not with `negative_prompt_embeds`.
+            prompt_embeds (`torch.Tensor`, *optional*): `(B, L, cross_attention_dim)`, finite; not with `prompt`.
+            negative_prompt_embeds (`torch.Tensor`, *optional*): the same shape as `prompt_embeds` when both are given.
+            prompt_attention_mask (`torch.Tensor`, *optional*): `(B, L)`, only with `prompt_embeds`.
+            negative_prompt_attention_mask (`torch.Tensor`, *optional*): `(B, L)`, only with `negative_prompt_embeds`.
+            guidance_rescale (`float`): in [0, 1].
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*): names from `_callback_tensor_inputs`.
+        """
+        if prompt is not None and prompt_embeds is not None:
+            raise CXRInputError("Give prompt or prompt_embeds, not both.")
+        if prompt is None and prompt_embeds is None:
+            raise CXRInputError(
+                "prompt is missing; describe the radiograph, e.g. 'PA chest radiograph, no acute findings' "
+                "(or pass prompt_embeds)."
+            )
+        if prompt is not None:
+            prompts = [prompt] if isinstance(prompt, str) else prompt
+            if not isinstance(prompts, (list, tuple)) or not prompts:
                 raise CXRInputError(
-                    "prompt is empty; describe the radiograph, e.g. 'PA chest radiograph, no acute findings'."
+                    f"prompt must be a non-empty string or a list of strings, got {type(prompt).__name__}."
                 )
+            for i, text in enumerate(prompts):
+                if not isinstance(text, str):
+                    raise CXRInputError(f"prompt[{i}] must be a string, got {type(text).__name__}.")
+                if not text.strip():
+                    raise CXRInputError(
+                        "prompt is empty; describe the radiograph, e.g. 'PA chest radiograph, no acute findings'."
+                    )
+            num_prompts = len(prompts)
+        else:
+            self._check_states(prompt_embeds, prompt_attention_mask, "prompt_embeds", "prompt_attention_mask")
+            num_prompts = prompt_embeds.shape[0]
+        if prompt_attention_mask is not None and prompt_embeds is None:
+            raise CXRInputError("prompt_attention_mask is only used with prompt_embeds; pass both or neither.")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise CXRInputError("Give negative_prompt or negative_prompt_embeds, not both.")
+        if negative_prompt_attention_mask is not None and negative_prompt_embeds is None:
+            raise CXRInputError(
+                "negative_prompt_attention_mask is only used with negative_prompt_embeds; pass both or neither."
+            )
         if negative_prompt is not None:
             negatives = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
             if not isinstance(negatives, (list, tuple)) or not all(isinstance(t, str) for t in negatives):
                 raise CXRInputError("negative_prompt must be a string or a list of strings.")
-            if len(negatives) != len(prompts):
+            if len(negatives) != num_prompts:
                 raise CXRInputError(
-                    f"negative_prompt has {len(negatives)} entries but prompt has {len(prompts)}; give one per prompt."
+                    f"negative_prompt has {len(negatives)} entries but prompt has {num_prompts}; give one per prompt."
+                )
+        if negative_prompt_embeds is not None:
+            self._check_states(negative_prompt_embeds, negative_prompt_attention_mask, "negative_prompt_embeds",
+                               "negative_prompt_attention_mask")
+            if prompt_embeds is not None and negative_prompt_embeds.shape != prompt_embeds.shape:
+                raise CXRInputError(
+                    f"negative_prompt_embeds must have the shape of prompt_embeds {tuple(prompt_embeds.shape)}, "
+                    f"got {tuple(negative_prompt_embeds.shape)}."
+                )
+            if negative_prompt_embeds.shape[0] != num_prompts:
+                raise CXRInputError(
+                    f"negative_prompt_embeds has {negative_prompt_embeds.shape[0]} entries but prompt has "
+                    f"{num_prompts}; give one per prompt."
                 )
         if _as_int(num_images_per_prompt, "num_images_per_prompt") < 1:
             raise CXRInputError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}.")
@@ -187,6 +322,9 @@ class CXRPipeline(DiffusionPipeline):
                 f"guidance_scale must be a number between 0 and {MAX_GUIDANCE_SCALE:g} (typically 1.5-7), "
                 f"got {guidance_scale!r}."
             )
+        if (isinstance(guidance_rescale, bool) or not isinstance(guidance_rescale, numbers.Real)
+                or not 0 <= float(guidance_rescale) <= 1):
+            raise CXRInputError(f"guidance_rescale must be a number between 0 and 1 (typically 0.7), got {guidance_rescale!r}.")
         multiple = self.size_multiple
         for name, value in (("height", height), ("width", width)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0 or value % multiple:
@@ -197,7 +335,7 @@ class CXRPipeline(DiffusionPipeline):
                 raise CXRInputError(f"{name}={value} exceeds the largest supported side of {MAX_IMAGE_SIDE} px.")
         if output_type not in OUTPUT_TYPES and output_type != "latent":
             raise CXRInputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)} or 'latent', got {output_type!r}.")
-        batch = len(prompts) * int(num_images_per_prompt)
+        batch = num_prompts * int(num_images_per_prompt)
         if batch > MAX_IMAGES_PER_CALL:
             raise CXRInputError(
                 f"{batch} images in one call exceed the limit of {MAX_IMAGES_PER_CALL}; generate them in several calls "
@@ -213,7 +351,7 @@ class CXRPipeline(DiffusionPipeline):
         if isinstance(generator, list) and len(generator) != batch:
             raise CXRInputError(
                 f"{len(generator)} generators were given for {batch} images "
-                f"({len(prompts)} prompts x {num_images_per_prompt} per prompt); give one per image or a single one."
+                f"({num_prompts} prompts x {num_images_per_prompt} per prompt); give one per image or a single one."
             )
         if latents is not None:
             expected = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
@@ -223,6 +361,11 @@ class CXRPipeline(DiffusionPipeline):
                 raise CXRInputError(f"latents must have shape {expected}, got {tuple(latents.shape)}.")
             if not torch.isfinite(latents).all():
                 raise CXRInputError("latents contain NaN or infinite values; pass finite initial noise.")
+        if isinstance(callback_on_step_end_tensor_inputs, str):
+            raise CXRInputError(
+                f"callback_on_step_end_tensor_inputs must be a list of names such as ['latents'], "
+                f"got the string {callback_on_step_end_tensor_inputs!r}."
+            )
         unknown = set(callback_on_step_end_tensor_inputs or ()) - set(self._callback_tensor_inputs)
         if unknown:
             raise CXRInputError(
@@ -234,25 +377,94 @@ class CXRPipeline(DiffusionPipeline):
                 "ruins the image; use cxr_diffusers.schedulers.scheduler_from_name(name, pipe.scheduler.config) or "
                 "pass clip_sample=False to from_config."
             )
-        return list(prompts)
 
     # ------------------------------------------------------------------ text
-    @torch.no_grad()
-    def encode_prompt(
-        self, prompts: list[str], device: torch.device, num_images_per_prompt: int = 1
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Projected text states `(B * n, L, D)` and their attention mask `(B * n, L)`."""
+    def _encode_text(self, prompts: list[str], device: torch.device, padding: str, text_encoder) -> tuple:
+        """Tokenise `prompts` (cut to `max_text_length` tokens) and run `text_encoder`: states and attention mask."""
         tokens = self.tokenizer(
             prompts,
-            padding="max_length",
+            padding=padding,
             max_length=min(self.max_text_length, self.tokenizer.model_max_length),
             truncation=True,
             return_tensors="pt",
         )
-        output = self.text_encoder(tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device))
-        embeds = output.last_hidden_state.repeat_interleave(num_images_per_prompt, dim=0)
-        mask = output.attention_mask.repeat_interleave(num_images_per_prompt, dim=0)
-        return embeds, mask
+        output = text_encoder(tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device))
+        return output.last_hidden_state, output.attention_mask
+
+    def _given_states(self, embeds: torch.Tensor, mask: torch.Tensor | None, device: torch.device) -> tuple:
+        """Precomputed states on `device` in the UNet's dtype, with an all-ones mask if none was given."""
+        embeds = embeds.to(device=device, dtype=self.unet.dtype)
+        if mask is None:
+            return embeds, torch.ones(embeds.shape[:2], dtype=torch.long, device=device)
+        return embeds, mask.to(device)
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        device: torch.device,
+        num_images_per_prompt: int,
+        do_classifier_free_guidance: bool,
+        negative_prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        padding: str = "max_length",
+        text_encoder: torch.nn.Module | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        r"""
+        Encode the prompt, and for classifier-free guidance the negative prompt, into the text encoder's projected
+        states. Not under `torch.no_grad`: `train_ldm.py` computes its training conditioning with it.
+
+        Args:
+            prompt (`str` or `list[str]`, *optional*): radiology text; not needed when `prompt_embeds` is given.
+            device (`torch.device`): where the states are placed.
+            num_images_per_prompt (`int`): each prompt's states are repeated this many times.
+            do_classifier_free_guidance (`bool`): also return the negative side.
+            negative_prompt (`str` or `list[str]`, *optional*): one per prompt; the empty (unconditional) text if
+                neither it nor `negative_prompt_embeds` is given.
+            prompt_embeds (`torch.Tensor`, *optional*): precomputed states `(B, L, cross_attention_dim)`, as this
+                method returns them for one image per prompt.
+            negative_prompt_embeds (`torch.Tensor`, *optional*): precomputed negative states.
+            prompt_attention_mask (`torch.Tensor`, *optional*): `(B, L)`, 1 for tokens and 0 for padding, of
+                `prompt_embeds`; all ones if omitted.
+            negative_prompt_attention_mask (`torch.Tensor`, *optional*): the mask of `negative_prompt_embeds`.
+            padding (`str`, defaults to `"max_length"`): the tokenizer's padding; `"max_length"` pads to
+                `max_text_length` tokens (the pipeline), `"longest"` to the batch's longest prompt (training).
+            text_encoder (`torch.nn.Module`, *optional*): run this module instead of `self.text_encoder`, e.g. a
+                training loop's Accelerate-wrapped copy, so that DDP synchronises its gradients.
+
+        Returns:
+            `(prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask)` with
+            `B * num_images_per_prompt` rows; the negative pair is None without classifier-free guidance.
+        """
+        encoder = self.text_encoder if text_encoder is None else text_encoder
+        if prompt_embeds is None:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            prompt_embeds, prompt_attention_mask = self._encode_text(prompts, device, padding, encoder)
+        else:
+            prompt_embeds, prompt_attention_mask = self._given_states(prompt_embeds, prompt_attention_mask, device)
+        negative_mask = None
+        if do_classifier_free_guidance:
+            if negative_prompt_embeds is None:
+                if negative_prompt is None:
+                    negatives = [""] * prompt_embeds.shape[0]
+                else:
+                    negatives = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
+                negative_prompt_embeds, negative_mask = self._encode_text(negatives, device, padding, encoder)
+            else:
+                negative_prompt_embeds, negative_mask = self._given_states(
+                    negative_prompt_embeds, negative_prompt_attention_mask, device
+                )
+        else:
+            negative_prompt_embeds = None
+        if num_images_per_prompt > 1:
+            prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+            prompt_attention_mask = prompt_attention_mask.repeat_interleave(num_images_per_prompt, dim=0)
+            if negative_prompt_embeds is not None:
+                negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+                negative_mask = negative_mask.repeat_interleave(num_images_per_prompt, dim=0)
+        return prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_mask
 
     def prompts_as_seen(self, prompts: list[str]) -> list[str | None]:
         """
@@ -284,15 +496,24 @@ class CXRPipeline(DiffusionPipeline):
         return latents * self.scheduler.init_noise_sigma
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents -> images `(B, 1, H, W)` in [0, 1]."""
-        images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
-        return (images / 2 + 0.5).clamp(0, 1)
+        """Latents -> images `(B, 1, H, W)` in [0, 1] (what `__call__` decodes before `image_processor.postprocess`)."""
+        return self.image_processor.denormalize(self.vae.decode(latents / self.vae.config.scaling_factor).sample)
+
+    @staticmethod
+    def _pad_tokens(embeds: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`embeds`/`mask` padded with masked-out zero tokens to `length` tokens (to batch both guidance branches)."""
+        extra = length - embeds.shape[1]
+        if extra <= 0:
+            return embeds, mask
+        embeds = torch.cat([embeds, embeds.new_zeros(embeds.shape[0], extra, embeds.shape[2])], dim=1)
+        return embeds, torch.cat([mask, mask.new_zeros(mask.shape[0], extra)], dim=1)
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
         height: int | None = None,
         width: int | None = None,
@@ -301,8 +522,13 @@ class CXRPipeline(DiffusionPipeline):
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        guidance_rescale: float = 0.0,
         callback_on_step_end: Callable[["CXRPipeline", int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
         enhancement: str | dict | Any | None = None,
@@ -311,27 +537,47 @@ class CXRPipeline(DiffusionPipeline):
         Generate chest X-rays from text.
 
         Args:
-            prompt: radiology text, e.g. "PA chest radiograph. Findings: cardiomegaly." (or a list).
-            negative_prompt: text to steer away from (one per prompt); default is the unconditional (empty) text.
-            height, width: output size, a multiple of `size_multiple` (256, 512, 768, ...); default is the training size.
-            num_inference_steps: denoising steps (20-25 is enough with the default DPM-Solver++).
-            guidance_scale: classifier-free guidance weight; <= 1 disables guidance.
-            num_images_per_prompt: images per prompt.
-            generator: `torch.Generator` (or one per image) for reproducible results.
-            latents: pre-generated initial noise `(B, C, H/8, W/8)`.
-            output_type: "pil" (mode "L" images with provenance), "np" `(B, H, W, 1)` or "pt" `(B, 1, H, W)` in [0, 1],
-                or "latent".
-            return_dict: return a `CXRPipelineOutput` instead of a tuple.
-            callback_on_step_end: `fn(pipe, step, timestep, callback_kwargs) -> dict` called after every step; may
-                return replacements for the tensors named in `callback_on_step_end_tensor_inputs`.
-            enhancement: a preset of `cxr_diffusers.enhancement` (`balanced`, `high_contrast`, `sharp_detail`,
-                `radiographic_film`), a dict of steps, or an `EnhancementPipeline`, applied to the outputs.
+            prompt (`str` or `list[str]`, *optional*): radiology text, e.g. "PA chest radiograph. Findings:
+                cardiomegaly."; or pass `prompt_embeds`.
+            negative_prompt (`str` or `list[str]`, *optional*): text to steer away from (one per prompt); default the
+                unconditional (empty) text.
+            height (`int`, *optional*), width (`int`, *optional*): output size, a multiple of `size_multiple` (256,
+                512, 768, ...); default the training size.
+            num_inference_steps (`int`, defaults to 25): denoising steps (20-25 with the default DPM-Solver++).
+            guidance_scale (`float`, defaults to 4.0): classifier-free guidance weight; <= 1 disables guidance.
+            num_images_per_prompt (`int`, defaults to 1): images per prompt.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): one, or one per image, for
+                reproducible results.
+            latents (`torch.Tensor`, *optional*): initial noise `(B, C, H / 8, W / 8)`.
+            prompt_embeds (`torch.Tensor`, *optional*): precomputed text states `(B, L, cross_attention_dim)` from
+                `encode_prompt`, instead of `prompt`.
+            negative_prompt_embeds (`torch.Tensor`, *optional*): precomputed negative text states.
+            prompt_attention_mask (`torch.Tensor`, *optional*): `(B, L)` mask of `prompt_embeds` (default all ones).
+            negative_prompt_attention_mask (`torch.Tensor`, *optional*): `(B, L)` mask of `negative_prompt_embeds`.
+            output_type (`str`, defaults to `"pil"`): "pil" (mode "L" images with provenance), "np" `(B, H, W, 1)`
+                or "pt" `(B, 1, H, W)` in [0, 1], or "latent".
+            return_dict (`bool`, defaults to `True`): return a `CXRPipelineOutput` instead of a tuple.
+            guidance_rescale (`float`, defaults to 0.0): rescale the guided prediction towards the standard
+                deviation of the text-conditioned one (Lin et al. 2023, section 3.4; 0.7 is typical with zero terminal
+                SNR); 0 leaves guidance unchanged.
+            callback_on_step_end (`Callable`, *optional*): `fn(pipe, step, timestep, callback_kwargs) -> dict` called
+                after every step; may return replacements for the tensors named in
+                `callback_on_step_end_tensor_inputs`.
+            callback_on_step_end_tensor_inputs (`list[str]`, defaults to `("latents",)`): names from
+                `_callback_tensor_inputs`.
+            enhancement (`str`, `dict` or `EnhancementPipeline`, *optional*): a preset of `cxr_diffusers.enhancement`
+                (`balanced`, `high_contrast`, `sharp_detail`, `radiographic_film`), a dict of steps, or an
+                `EnhancementPipeline`, applied to the outputs.
+
+        Examples:
+
+        Returns:
+            [`CXRPipelineOutput`] or `tuple`: the images (see `output_type`).
         """
         height = self.default_size if height is None else height
         width = self.default_size if width is None else width
-        prompts = self.check_inputs(
+        self.check_inputs(
             prompt,
-            negative_prompt,
             height,
             width,
             num_inference_steps,
@@ -340,26 +586,41 @@ class CXRPipeline(DiffusionPipeline):
             output_type,
             latents,
             generator,
-            callback_on_step_end_tensor_inputs,
+            negative_prompt=negative_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            prompt_attention_mask=prompt_attention_mask,
+            negative_prompt_attention_mask=negative_prompt_attention_mask,
+            guidance_rescale=guidance_rescale,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
         num_inference_steps = int(num_inference_steps)
         num_images_per_prompt = int(num_images_per_prompt)
         height, width = int(height), int(width)
+        guidance_rescale = float(guidance_rescale)
         enhancer = self._resolve_enhancement(enhancement)
-        prompts_seen = self.prompts_as_seen(prompts)
+        if prompt is not None:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            prompts_seen = self.prompts_as_seen(prompts)
+            num_prompts = len(prompts)
+        else:
+            prompts, prompts_seen, num_prompts = None, None, prompt_embeds.shape[0]
         device = self._execution_device
-        batch = len(prompts) * num_images_per_prompt
+        batch = num_prompts * num_images_per_prompt
         do_cfg = guidance_scale > 1.0
 
         # 1. text
-        prompt_embeds, prompt_mask = self.encode_prompt(prompts, device, num_images_per_prompt)
-        negative_prompt_embeds = None
-        if do_cfg:
-            if negative_prompt is None:
-                negatives = [""] * len(prompts)
-            else:
-                negatives = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
-            negative_prompt_embeds, negative_mask = self.encode_prompt(negatives, device, num_images_per_prompt)
+        prompt_embeds, prompt_mask, negative_prompt_embeds, negative_mask = self.encode_prompt(
+            prompts,
+            device,
+            num_images_per_prompt,
+            do_cfg,
+            negative_prompt=negative_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            prompt_attention_mask=prompt_attention_mask,
+            negative_prompt_attention_mask=negative_prompt_attention_mask,
+        )
 
         # 2. timesteps and initial noise
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -380,14 +641,19 @@ class CXRPipeline(DiffusionPipeline):
                 model_input = torch.cat([latents] * 2) if do_cfg else latents
                 model_input = self.scheduler.scale_model_input(model_input, t)
                 if do_cfg:
-                    states = torch.cat([negative_prompt_embeds, prompt_embeds])
-                    mask = torch.cat([negative_mask, prompt_mask])
+                    length = max(negative_prompt_embeds.shape[1], prompt_embeds.shape[1])
+                    negative_states, negative_states_mask = self._pad_tokens(negative_prompt_embeds, negative_mask, length)
+                    states, states_mask = self._pad_tokens(prompt_embeds, prompt_mask, length)
+                    states = torch.cat([negative_states, states])
+                    mask = torch.cat([negative_states_mask, states_mask])
                 else:
                     states, mask = prompt_embeds, prompt_mask
                 noise_pred = self.unet(model_input, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
                 if do_cfg:
                     noise_uncond, noise_text = noise_pred.chunk(2)
                     noise_pred = noise_uncond + guidance_scale * (noise_text - noise_uncond)
+                    if guidance_rescale > 0:
+                        noise_pred = rescale_noise_cfg(noise_pred, noise_text, guidance_rescale)
                 latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
                 self._check_finite(latents, step, len(timesteps), guidance_scale)
 
@@ -405,20 +671,24 @@ class CXRPipeline(DiffusionPipeline):
                     self._check_finite(latents, step, len(timesteps), guidance_scale, after="callback_on_step_end")
                 progress.update()
 
-        # 4. decode and post-process
+        # 4. decode and post-process (VaeImageProcessor: [-1, 1] -> [0, 1] -> np / PIL "L")
         if output_type == "latent":
             images = latents
         else:
-            images = self.decode_latents(latents)
+            images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
             if not torch.isfinite(images).all():
                 raise SamplingError("The VAE decoded non-finite pixel values; the image would be black.")
+            do_denormalize = None
             if enhancer is not None:
-                images = self._apply_enhancement(images, enhancer)
-            images = self._to_output_type(images, output_type)
+                images = self._apply_enhancement(self.image_processor.denormalize(images), enhancer)
+                do_denormalize = [False] * images.shape[0]
+            images = self.image_processor.postprocess(images, output_type=output_type, do_denormalize=do_denormalize)
+            if output_type == "pt":
+                images = images.float().cpu()
             if output_type == "pil":
                 self._attach_provenance(
                     images, prompts, negative_prompt, num_images_per_prompt, generator,
-                    num_inference_steps, guidance_scale, height, width, enhancer, prompts_seen,
+                    num_inference_steps, guidance_scale, height, width, enhancer, prompts_seen, guidance_rescale,
                 )
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -460,22 +730,16 @@ class CXRPipeline(DiffusionPipeline):
         enhanced = np.stack([np.asarray(enhancer(a)) for a in arrays]).astype(np.float32) / 65535.0
         return torch.from_numpy(enhanced)[:, None].to(images.device, images.dtype)
 
-    @staticmethod
-    def _to_output_type(images: torch.Tensor, output_type: str):
-        if output_type == "pt":
-            return images.float().cpu()
-        array = images.float().cpu().permute(0, 2, 3, 1).numpy()
-        if output_type == "np":
-            return array
-        return [PIL.Image.fromarray((a[..., 0] * 255).round().astype(np.uint8), mode="L") for a in array]
-
     def _attach_provenance(
         self, images, prompts, negative_prompt, per_prompt, generator, steps, guidance, height, width, enhancer,
-        prompts_seen,
+        prompts_seen, guidance_rescale=0.0,
     ) -> None:
+        num_prompts = len(images) // per_prompt
+        if prompts is None:  # precomputed prompt_embeds: the text is unknown
+            prompts, prompts_seen = [None] * num_prompts, [None] * num_prompts
         generators = generator if isinstance(generator, list) else [generator] * len(images)
         negatives = (
-            [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) or negative_prompt is None else negative_prompt
+            [negative_prompt] * num_prompts if isinstance(negative_prompt, str) or negative_prompt is None else negative_prompt
         )
         model = self.config.get("_name_or_path")
         model = str(model) if model else None
@@ -484,11 +748,13 @@ class CXRPipeline(DiffusionPipeline):
             record = make_record(
                 prompt=prompts[i // per_prompt],
                 **({"prompt_seen_by_model": prompts_seen[i // per_prompt]} if prompts_seen[i // per_prompt] else {}),
+                **({"prompt_embeds": "precomputed"} if prompts[i // per_prompt] is None else {}),
                 negative_prompt=negatives[i // per_prompt],
                 seed=int(g.initial_seed()) if isinstance(g, torch.Generator) else None,
                 index_in_batch=i if not isinstance(generator, list) else 0,
                 num_inference_steps=steps,
                 guidance_scale=float(guidance),
+                **({"guidance_rescale": float(guidance_rescale)} if guidance_rescale else {}),
                 height=height,
                 width=width,
                 scheduler=type(self.scheduler).__name__,
