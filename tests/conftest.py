@@ -20,6 +20,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
 
 
+#: The prompt the pipeline tests use.
+PROMPT = "PA chest radiograph of a 58 year old female. Findings: cardiomegaly."
+
+
+def make_tiny_pipeline():
+    """The tiny random `CXRPipeline` of the tests (seeded, so every module gets the same weights), progress bar off."""
+    import torch
+
+    from cxr_diffusers import CXRPipeline, create_components
+
+    torch.manual_seed(0)
+    pipeline = CXRPipeline(**create_components("tiny"))
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
 def shared_data_dir() -> Path:
     return Path(os.environ.get("CXR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 

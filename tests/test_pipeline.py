@@ -12,15 +12,12 @@ from PIL import Image
 from cxr_diffusers import CXRInputError, CXRPipeline, ModelLoadingError, create_components, read_provenance
 from cxr_diffusers.schedulers import SCHEDULERS, scheduler_from_name
 
-PROMPT = "PA chest radiograph of a 58 year old female. Findings: cardiomegaly."
+from conftest import PROMPT, make_tiny_pipeline
 
 
 @pytest.fixture(scope="module")
 def pipe():
-    torch.manual_seed(0)
-    pipeline = CXRPipeline(**create_components("tiny"))
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+    return make_tiny_pipeline()
 
 
 @pytest.fixture(scope="module")

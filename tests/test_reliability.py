@@ -9,18 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_diffusers import CXRInputError, CXRPipeline, SamplingError, create_components
+from cxr_diffusers import CXRInputError, CXRPipeline, SamplingError
 from cxr_diffusers.schedulers import scheduler_from_name
 
-PROMPT = "PA chest radiograph of a 58 year old female. Findings: cardiomegaly."
+from conftest import PROMPT, make_tiny_pipeline
 
 
 @pytest.fixture(scope="module")
 def pipe():
-    torch.manual_seed(0)
-    pipeline = CXRPipeline(**create_components("tiny"))
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+    return make_tiny_pipeline()
 
 
 def generate(pipe, **kwargs):
