@@ -24,7 +24,7 @@ install: $(STAMP)
 # skipped where chromium cannot be installed.
 test: install
 	command -v chromium >/dev/null || (command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq chromium) || true
-	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -q tests
+	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -q --durations=15 tests
 
 # Build the wheel and smoke-test it installed in a throwaway venv, from outside the checkout (offline, ~40 s).
 wheel-smoke: install

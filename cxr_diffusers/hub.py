@@ -67,6 +67,8 @@ def load_failure(path: str | os.PathLike, error: BaseException, what: str = "mod
 
     text = os.fspath(path)
     first_line = str(error).strip().split("\n")[0] or type(error).__name__
+    if not os.path.isdir(text) and not looks_like_hub_id(text):
+        return ModelLoadingError(f"The {what} folder {text!r} does not exist.")
     if not os.path.isdir(text):
         missing = f"No {what} folder {text!r} exists (relative to {os.getcwd()})"
         if is_offline_mode():

@@ -49,7 +49,7 @@ def test_build_classifier_architectures_and_offline_fallback():
     assert "microsoft/resnet-50 was not reachable" in init
     with pytest.raises(CXRInputError, match="Unknown classifier architecture"):
         build_classifier("vit", "scratch")
-    with pytest.raises(ModelLoadingError, match="Cannot load a ResNet classifier"):
+    with pytest.raises(ModelLoadingError, match="classifier folder '/nonexistent/classifier' does not exist"):
         build_classifier("resnet-18", "/nonexistent/classifier")
 
 

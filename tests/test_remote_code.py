@@ -87,7 +87,8 @@ def test_diffusers_alone_loads_the_export_and_makes_the_same_image(exported, tmp
     assert type(pipe) is CXRPipeline and type(pipe.unet).__module__ == "cxr_diffusers.models.unet_cxr"
     local = generate(pipe)
     assert remote.shape == local.shape == (1, 64, 64, 1) and local.std() > 0
-    assert np.array_equal(remote, local)
+    # the same function and weights; another process may sum in another order (thread count), so not bit-exact
+    np.testing.assert_allclose(remote, local, rtol=0, atol=1e-5)
 
 
 def test_remote_code_uses_the_installed_package_where_there_is_one(exported, tmp_path, monkeypatch):
