@@ -2,8 +2,6 @@
 another latent space."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +11,9 @@ from safetensors import safe_open
 
 from cxr_diffusers import CXRAutoencoderKL, CXRPipeline, create_components
 
+from conftest import run_script_in_process
+
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "train_scripts" / "export_pipeline.py"
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +29,7 @@ def trained(tmp_path_factory):
 
 
 def run(*args):
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True)
+    return run_script_in_process("export_pipeline", *args)
 
 
 def test_export_fp16_loads_back_with_card_and_latent_safe_scheduler(trained, tmp_path):

@@ -4,14 +4,10 @@ import argparse
 import configparser
 import fnmatch
 import importlib
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_script_in_process
 
 import cxr_diffusers
 from cxr_diffusers import CXRInputError
@@ -111,17 +107,13 @@ def test_create_hub_repo_offline_bad_token_and_no_network_are_one_sentence(monke
 @pytest.mark.parametrize("script", ["train_vae", "train_ldm", "train_ddpm", "train_classifier"])
 def test_push_to_hub_offline_fails_before_training(script, tmp_path):
     out = tmp_path / "out"
-    argv = [sys.executable, str(REPO_ROOT / "train_scripts" / f"{script}.py"), "--config", TINY,
-            "--train_data_dir", str(tmp_path), "--output_dir", str(out), "--push_to_hub", "--hub_model_id", "me/x",
-            "--hub_token", "hf_not_a_token", "--report_to", "none"]
+    argv = ["--config", TINY, "--train_data_dir", str(tmp_path), "--output_dir", str(out), "--push_to_hub",
+            "--hub_model_id", "me/x", "--hub_token", "hf_not_a_token", "--report_to", "none"]
     if script == "train_ldm":
         argv += ["--pretrained_vae_model_name_or_path", str(tmp_path / "vae")]  # checked later, when it loads
-    start = time.perf_counter()
-    result = subprocess.run(argv, capture_output=True, text=True, check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    seconds = time.perf_counter() - start
+    result = run_script_in_process(script, *argv)  # HF_HUB_OFFLINE=1 is set by conftest.py
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert last == f"{script}.py: error: --push_to_hub cannot create the Hub repo 'me/x' while HF_HUB_OFFLINE=1 is set; " \
                    "unset it or drop --push_to_hub."
     assert not list(out.rglob("*")), "nothing trained or written"  # the repo is created before any data or model
-    assert seconds < 60

@@ -241,13 +241,9 @@ def test_pickled_weights_are_refused(pipe, tmp_path):
 
 # ------------------------------------------------------------------------------------------ training scripts
 def run_training_script(name, *args):
-    import subprocess
-    import sys
+    from conftest import run_script_in_process
 
-    from conftest import REPO_ROOT
-
-    script = REPO_ROOT / "train_scripts" / f"{name}.py"
-    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True)
+    return run_script_in_process(name, *args)
 
 
 def test_training_scripts_end_bad_input_in_one_sentence(tmp_path):
