@@ -259,6 +259,8 @@ def test_training_scripts_end_bad_input_in_one_sentence(tmp_path):
           tmp_path / "no" / "vae"], "does not exist"),
         (["train_ldm", "--config", tiny, "--train_data_dir", tmp_path, "--pretrained_vae_model_name_or_path",
           tmp_path / "no-vae"], "does not exist"),
+        (["train_ldm", "--config", tiny, "--train_data_dir", tmp_path, "--pretrained_vae_model_name_or_path",
+          tmp_path / "no-vae", "--resolution", "40"], "--resolution must be a multiple of 16"),
     ]
     for argv, message in cases:
         result = run_training_script(*argv)

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from cxr_diffusers import CXRAutoencoderKL, CXRPipeline, CXRTextEncoder, CXRUNet2DConditionModel, get_model_config
+from cxr_diffusers.configs import MODEL_CONFIGS
 from cxr_diffusers.data.prompts import PromptBuilder
 from cxr_diffusers.hub import DATA_CITATIONS, create_hub_repo, load_pretrained, push_folder, save_model_card
 from cxr_diffusers.models import offline_bert_path
@@ -176,6 +177,12 @@ def parse_args(argv=None):
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
     args.validation_prompts = args.validation_prompts or DEFAULT_VALIDATION_PROMPTS
+    if not args.pretrained_model_name_or_path and args.model_config in MODEL_CONFIGS:  # else the loaded model decides
+        sizes = MODEL_CONFIGS[args.model_config]
+        factor = 2 ** (len(sizes["vae"]["block_out_channels"]) - 1) * 2 ** (len(sizes["unet"]["block_out_channels"]) - 1)
+        if args.resolution % factor:
+            parser.error(f"--resolution must be a multiple of {factor} for the {args.model_config} model "
+                         f"(VAE and UNet downsampling), got {args.resolution}")
     check_output_dirs(parser, args, "output_dir")
     return args
 
