@@ -1,4 +1,4 @@
-"""Prompts and the shared finding vocabulary (cxr_diffusers.data.prompts)."""
+"""Prompts (cxr_diffusers.data.prompts), the shared finding vocabulary (vocabulary) and report cleaning (reports)."""
 
 import pytest
 
@@ -111,6 +111,30 @@ def test_training_prompts_are_seeded_and_varied():
     builder_a.reseed(3)
     assert builder_a(example) == run_a[0]
     assert isinstance(other[0], str)
+
+
+def test_vocabulary_and_report_cleaning_keep_their_old_import_path():
+    from cxr_diffusers.data import prompts, reports, vocabulary
+
+    assert prompts.FINDINGS is vocabulary.FINDINGS and prompts.clean_report is reports.clean_report
+    assert prompts.ADULT_SOURCES is vocabulary.ADULT_SOURCES and prompts.normalize_finding is normalize_finding
+    assert [vocabulary.source_population(s) for s in ("kermany", "jsrt", "nih")] == ["pediatric", "adult", ""]
+
+
+def test_loader_prompts_read_the_population_from_the_source():
+    import pandas as pd
+
+    from cxr_diffusers.data._assemble import row_prompts
+
+    frame = pd.DataFrame({"labels": [["pneumonia"], []], "source": ["kermany", "jsrt"], "view": ["", "PA"],
+                          "subtype": ["viral", ""], "clinical_notes": ["Fever for 3 days.", ""],
+                          "age": [None, None]})  # fmt: skip
+    assert row_prompts(frame) == [
+        build_prompt(["pneumonia"], subtype="viral", population="pediatric"),
+        build_prompt([], view="PA", population="adult"),
+    ]
+    with_notes = row_prompts(frame, text_columns=["clinical_notes"])
+    assert with_notes[0] == "Pediatric chest radiograph. Findings: viral pneumonia. Fever for 3 days."
 
 
 def test_training_mode_can_emit_empty_prompts():

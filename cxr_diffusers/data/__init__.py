@@ -15,7 +15,7 @@ paths and decoded lazily to mode L; the load report is attached as `.report`):
 - `load_image_folder(root)`: any folder of images with an optional `metadata.csv`
 
 Then `concatenate_sources`, `save_dataset` (with a dataset card), `load_saved`, `push_to_hub`; transforms for
-training in `transforms`; prompts in `prompts`.
+training in `transforms`; the finding vocabulary in `vocabulary`, report cleaning in `reports`, prompts in `prompts`.
 """
 
 from .card import dataset_card, write_card
@@ -27,19 +27,12 @@ from .indiana import load_indiana
 from .jsrt import load_jsrt
 from .nih import load_nih, load_nih_cxr8, load_nih_subset
 from .pneumonia import load_pneumonia, load_pneumoniamnist
-from .prompts import (
-    FINDINGS,
-    NO_FINDING,
-    PromptBuilder,
-    build_prompt,
-    clean_report,
-    normalize_finding,
-    normalize_findings,
-    prompt_from_example,
-)
+from .prompts import PromptBuilder, build_prompt, prompt_from_example
+from .reports import clean_report
 from .schema import COMMON_COLUMNS, SPLITS, VIEWS, common_features
 from .splits import assign_patient_splits, check_patient_disjoint
 from .transforms import resize_and_pad, to_tensor, with_resolution
+from .vocabulary import FINDINGS, NO_FINDING, normalize_finding, normalize_findings
 
 concatenate = concatenate_sources
 

@@ -1,18 +1,43 @@
-"""Last steps shared by every loader: image checks, subsampling, split checks, DatasetDict assembly, report."""
+"""Steps shared by the loaders: patient splits, prompts, then image checks, subsampling, split checks, DatasetDict
+assembly and the report."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 import datasets
 
 from .checks import LoadReport, find_bad_images
+from .prompts import prompt_from_example
 from .schema import SPLITS, frame_to_dataset_dict
-from .splits import check_patient_disjoint
+from .splits import assign_patient_splits, check_patient_disjoint
+
+#: The metadata columns of a loader's frame that its prompt reads (see `prompts.prompt_from_example`).
+PROMPT_METADATA_COLUMNS = ("labels", "view", "age", "sex", "subtype", "source")
 
 SOURCE_INFO_FIELDS = ("description", "citation", "homepage", "license")
 
 
 def make_info(description: str, citation: str, homepage: str, license: str) -> datasets.DatasetInfo:
     return datasets.DatasetInfo(description=description, citation=citation, homepage=homepage, license=license)
+
+
+def carve_patient_splits(
+    patient_ids, report: LoadReport, *, val_size: float, test_size: float, seed: int,
+    strata: Mapping[str, str] | None = None, how: str = "split by patient",
+):  # fmt: skip
+    """The split of each row (a Series like `patient_ids`): `val_size` and `test_size` of the patients go to
+    validation and test, the rest to train (seeded, optionally stratified); the split is noted in `report`."""
+    fractions = {"validation": val_size, "test": test_size}
+    assignment = assign_patient_splits(patient_ids, fractions, seed=seed, strata=strata)
+    report.notes.append(f"{how} ({val_size:.0%} val, {test_size:.0%} test, seed {seed})")
+    return patient_ids.map(assignment)
+
+
+def row_prompts(frame, text_columns: Sequence[str] = ()) -> list[str]:
+    """The deterministic prompt of every row, from its `PROMPT_METADATA_COLUMNS` and report or note `text_columns`."""
+    columns = [c for c in (*PROMPT_METADATA_COLUMNS, *text_columns) if c in frame]
+    return [prompt_from_example(row) for row in frame[columns].to_dict("records")]
 
 
 def subsample(frame, max_samples: int | None, seed: int, split_column: str = "split"):

@@ -25,11 +25,9 @@ import datasets
 from datasets import Value
 
 from .citations import BIBTEX
-from ._assemble import assemble, make_info
+from ._assemble import assemble, carve_patient_splits, make_info, row_prompts
 from .checks import LoadReport, read_csv, require_dir
-from .prompts import build_prompt, clean_report
 from .schema import make_features, normalize_sex, normalize_view, parse_age
-from .splits import assign_patient_splits
 
 __all__ = ["load_covid_notes", "parse_covid_finding"]
 
@@ -181,15 +179,10 @@ def load_covid_notes(
     frame["source"] = "covid"
     for column in ("clinical_notes", "offset", "license", "doi", "url"):
         frame[column] = frame[column].fillna("").astype(str) if column in frame else ""
-    frame["prompt"] = [
-        build_prompt(labels, view=view, age=age, sex=sex, subtype=subtype, text=clean_report(notes))
-        for labels, view, age, sex, subtype, notes in zip(
-            frame["labels"], frame["view"], frame["age"], frame["sex"], frame["subtype"], frame["clinical_notes"]
-        )
-    ]
-    assignment = assign_patient_splits(frame["patient_id"], {"validation": val_size, "test": test_size}, seed=seed)
-    frame["split"] = frame["patient_id"].map(assignment)
-    report.notes.append(f"split by patient ({val_size:.0%} val, {test_size:.0%} test, seed {seed})")
+    frame["prompt"] = row_prompts(frame, text_columns=["clinical_notes"])
+    frame["split"] = carve_patient_splits(
+        frame["patient_id"], report, val_size=val_size, test_size=test_size, seed=seed
+    )
     info = make_info(
         "COVID-19 image data collection (Cohen et al.): chest X-rays of COVID-19 and other pneumonias with "
         "age, sex, view and free-text clinical notes.",

@@ -24,9 +24,10 @@ from datasets import Value
 from ..errors import DataError
 from ._assemble import assemble, make_info
 from .checks import IMAGE_EXTENSIONS, LoadReport, read_csv, require_dir
-from .prompts import build_prompt, normalize_finding
+from .prompts import build_prompt
 from .schema import COMMON_COLUMNS, SPLITS, make_features, normalize_sex, normalize_view, parse_age
 from .splits import assign_patient_splits
+from .vocabulary import normalize_finding
 
 __all__ = ["folder_labels", "load_image_folder"]
 

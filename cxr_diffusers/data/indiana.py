@@ -33,11 +33,10 @@ from datasets import Value
 
 from ..errors import DataError
 from .citations import BIBTEX
-from ._assemble import assemble, make_info
+from ._assemble import assemble, carve_patient_splits, make_info, row_prompts
 from .checks import LoadReport, read_csv, require_dir, require_file
-from .prompts import normalize_findings, prompt_from_example
 from .schema import make_features, normalize_view
-from .splits import assign_patient_splits
+from .vocabulary import normalize_findings
 
 __all__ = ["load_indiana"]
 
@@ -242,18 +241,15 @@ def load_indiana(
             else "(R2Gen layout: put indiana_projections.csv next to annotation.json so that projections are known.)",
         )
     if layout == "kaggle":
-        assignment = assign_patient_splits(frame["uid"], {"validation": val_size, "test": test_size}, seed=seed)
-        frame["split"] = frame["uid"].map(assignment)
-        report.notes.append(f"split by report uid ({val_size:.0%} val, {test_size:.0%} test, seed {seed})")
+        frame["split"] = carve_patient_splits(
+            frame["uid"], report, val_size=val_size, test_size=test_size, seed=seed, how="split by report uid"
+        )
     else:
         report.notes.append("official R2Gen splits")
     frame["labels"] = [_labels(m, p) for m, p in zip(frame["mesh"], frame["problems"])]
     frame["patient_id"] = frame["uid"]
     frame["sex"], frame["age"], frame["source"] = "", None, "indiana"
-    frame["prompt"] = [
-        prompt_from_example(row)
-        for row in frame[["labels", "view", "source", "findings", "impression", "report"]].to_dict("records")
-    ]
+    frame["prompt"] = row_prompts(frame, text_columns=["findings", "impression", "report"])
     info = make_info(
         "Indiana University chest X-ray collection (Open-i, NLM): frontal and lateral radiographs with "
         "radiology reports (findings, impression) and MeSH annotations.",

@@ -16,11 +16,9 @@ from datasets import Value
 
 from ..errors import DataError
 from .citations import BIBTEX
-from ._assemble import assemble, make_info
+from ._assemble import assemble, carve_patient_splits, make_info, row_prompts
 from .checks import LoadReport, index_images, require_dir
-from .prompts import build_prompt
 from .schema import make_features
-from .splits import assign_patient_splits
 
 __all__ = ["MASK_PARTS", "load_jsrt"]
 
@@ -68,14 +66,12 @@ def load_jsrt(
     frame = pd.DataFrame(rows)
     report.start(f"JSRT images in {images}", len(frame))
     strata = {p: str(bool(labels)) for p, labels in zip(frame["patient_id"], frame["labels"])}
-    assignment = assign_patient_splits(frame["patient_id"], {"validation": val_size, "test": test_size}, seed=seed,
-                                       strata=strata)
-    frame["split"] = frame["patient_id"].map(assignment)
-    report.notes.append(f"split by image (one per patient), stratified by nodule ({val_size:.0%} val, "
-                        f"{test_size:.0%} test, seed {seed})")
+    frame["split"] = carve_patient_splits(frame["patient_id"], report, val_size=val_size, test_size=test_size,
+                                          seed=seed, strata=strata,
+                                          how="split by image (one per patient), stratified by nodule")  # fmt: skip
     frame["view"], frame["sex"], frame["source"] = "PA", "", "jsrt"
     frame["age"] = pd.Series([None] * len(frame), dtype=object)
-    frame["prompt"] = [build_prompt(labels, view="PA", population="adult") for labels in frame["labels"]]
+    frame["prompt"] = row_prompts(frame)
     info = make_info("JSRT adult PA chest radiographs with SCR lung and heart masks (research and education use).",
                      BIBTEX["jsrt"], "http://db.jsrt.or.jp/eng.php", "other")
     features = make_features({"file_name": Value("string"),

@@ -34,7 +34,7 @@ from datasets import List, Value
 
 from ..errors import DataError
 from .citations import BIBTEX
-from ._assemble import assemble, make_info
+from ._assemble import assemble, carve_patient_splits, make_info, row_prompts
 from .checks import (
     LoadReport,
     find_file,
@@ -45,9 +45,9 @@ from .checks import (
     require_dir,
     require_file,
 )
-from .prompts import build_prompt, normalize_findings
 from .schema import make_features, normalize_sex, normalize_view, parse_age
 from .splits import assign_patient_splits
+from .vocabulary import normalize_findings
 
 __all__ = ["NIH_FINDINGS", "load_nih", "load_nih_cxr8", "load_nih_subset"]
 
@@ -220,10 +220,7 @@ def load_nih(
     frame["follow_up"] = frame.get("Follow-up #")
     frame["bboxes"] = [boxes.get(n, []) for n in frame["image_index"]]
     frame["source"] = "nih"
-    frame["prompt"] = [
-        build_prompt(labels, view=view, age=age, sex=sex)
-        for labels, view, age, sex in zip(frame["labels"], frame["view"], frame["age"], frame["sex"])
-    ]
+    frame["prompt"] = row_prompts(frame)
     info = make_info(
         "NIH ChestX-ray14 (NIH Clinical Center): frontal chest X-rays with 14 text-mined findings, age, sex, view.",
         NIH_CITATION,
@@ -309,15 +306,10 @@ def load_nih_subset(
     # a patient's stratum: its most severe class (a few NIH patients have healthy and pneumonia images)
     order = {"covid": 2, "pneumonia": 1, "healthy": 0}
     strata = frame.assign(o=frame["class_name"].map(order)).groupby("patient_id")["o"].max().astype(str).to_dict()
-    assignment = assign_patient_splits(
-        frame["patient_id"], {"validation": val_size, "test": test_size}, seed=seed, strata=strata
-    )
-    frame["split"] = frame["patient_id"].map(assignment)
-    report.notes.append(
-        f"split by patient, stratified by class ({val_size:.0%} val, {test_size:.0%} test, seed {seed})"
-    )
+    frame["split"] = carve_patient_splits(frame["patient_id"], report, val_size=val_size, test_size=test_size,
+                                          seed=seed, strata=strata, how="split by patient, stratified by class")
     frame["view"], frame["sex"], frame["age"], frame["source"] = "", "", None, "nih_subset"
-    frame["prompt"] = [build_prompt(labels, population="adult") for labels in frame["labels"]]
+    frame["prompt"] = row_prompts(frame)
     info = make_info(
         "Adult chest X-rays: NIH ChestX-ray14 images labelled No Finding or Pneumonia plus COVID-19 images of the "
         "ieee8023 collection, 300x300 (austinauyeung/covid-classifier).",
@@ -415,10 +407,7 @@ def load_nih_cxr8(
         f"{int(frame.loc[shared, 'patient_id'].nunique())} patients kept the split given for them (patient_splits)"
     )
     frame["source"] = "nih_cxr8"
-    frame["prompt"] = [
-        build_prompt(labels, view=view, age=age, sex=sex, population="adult")
-        for labels, view, age, sex in zip(frame["labels"], frame["view"], frame["age"], frame["sex"])
-    ]
+    frame["prompt"] = row_prompts(frame)
     info = make_info(
         "Adult NIH ChestX-ray8 PA/AP radiographs, No Finding / Pneumonia (NLP-mined, noisy), with NIH image index and "
         "patient id.", NIH_CITATION, "https://nihcc.app.box.com/v/ChestXray-NIHCC", "other",

@@ -33,9 +33,8 @@ from datasets import Value
 
 from ..errors import DataError
 from .citations import BIBTEX
-from ._assemble import assemble, make_info, subsample
+from ._assemble import assemble, make_info, row_prompts, subsample
 from .checks import IMAGE_EXTENSIONS, LoadReport, require_dir, require_file
-from .prompts import build_prompt
 from .schema import frame_to_dataset_dict, make_features
 from .splits import OVERLAP_POLICIES, assign_patient_splits, shared_patients
 
@@ -191,10 +190,7 @@ def load_pneumonia(
     frame["sex"] = ""
     frame["age"] = None
     frame["source"] = "kermany"
-    frame["prompt"] = [
-        build_prompt(labels, subtype=subtype, population="pediatric")
-        for labels, subtype in zip(frame["labels"], frame["subtype"])
-    ]
+    frame["prompt"] = row_prompts(frame)
     info = make_info(
         "Kermany et al. pediatric chest X-rays (Guangzhou Women and Children's Medical Center), normal vs "
         "pneumonia with bacterial/viral subtype.",
@@ -279,7 +275,7 @@ def load_pneumoniamnist(
     frame["labels"] = [["pneumonia"] if label == 1 else [] for label in frame["label"]]
     frame["view"], frame["sex"], frame["age"], frame["patient_id"] = "", "", None, ""
     frame["source"] = "pneumoniamnist"
-    frame["prompt"] = [build_prompt(labels, population="pediatric") for labels in frame["labels"]]
+    frame["prompt"] = row_prompts(frame)
     info = make_info(
         "PneumoniaMNIST (MedMNIST v2): Kermany pediatric chest X-rays resized to 28x28, normal vs pneumonia.",
         MEDMNIST_CITATION + "\n" + KERMANY_CITATION,
