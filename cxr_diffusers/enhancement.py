@@ -46,6 +46,7 @@ __all__ = [
     "clahe",
     "edge_enhance",
     "enhance",
+    "resolve_enhancement",
     "get_preset",
     "histogram_equalization",
     "median_filter",
@@ -655,26 +656,31 @@ def get_preset(name: str) -> EnhancementPipeline:
     return EnhancementPipeline(copy.deepcopy(PRESETS[key]), name=key)
 
 
-def enhance(image: ImageLike | list[ImageLike], enhancement: Any = None) -> ImageLike | list[ImageLike]:
-    """Apply `enhancement` to an image (or a list of images), returning the same kind.
+def resolve_enhancement(enhancement: Any) -> EnhancementPipeline | None:
+    """The one reading of an enhancement specification (used by `enhance`, `CXRPipeline` and the CLI).
 
-    `enhancement` may be None or "none" (no-op: the input is returned as is), a preset name, an
-    `EnhancementPipeline`, a ``{step: params}`` dict or a `to_dict()` dict, or a list of ``(step, params)`` pairs.
+    None, "" or "none" give None (no enhancement); otherwise a preset name, an `EnhancementPipeline`, a
+    ``{step: params}`` dict or a `to_dict()` dict, or a list of ``(step, params)`` pairs give an `EnhancementPipeline`.
     """
     if enhancement is None or (isinstance(enhancement, str) and enhancement.strip().lower() in ("", "none")):
-        return image
+        return None
     if isinstance(enhancement, EnhancementPipeline):
-        pipeline = enhancement
-    elif isinstance(enhancement, str):
-        pipeline = get_preset(enhancement)
-    elif isinstance(enhancement, Mapping):
-        pipeline = EnhancementPipeline.from_dict(enhancement)
-    elif isinstance(enhancement, (list, tuple)):
-        pipeline = EnhancementPipeline(enhancement)
-    else:
-        raise CXRInputError(
-            "enhancement must be None, a preset name "
-            f"({', '.join(PRESETS)}), a dict of step parameters or an EnhancementPipeline, "
-            f"got {type(enhancement).__name__}."
-        )
-    return pipeline(image)
+        return enhancement
+    if isinstance(enhancement, str):
+        return get_preset(enhancement)
+    if isinstance(enhancement, Mapping):
+        return EnhancementPipeline.from_dict(enhancement)
+    if isinstance(enhancement, (list, tuple)):
+        return EnhancementPipeline(enhancement)
+    raise CXRInputError(
+        "enhancement must be None, a preset name "
+        f"({', '.join(PRESETS)}), a dict of step parameters or an EnhancementPipeline, "
+        f"got {type(enhancement).__name__}."
+    )
+
+
+def enhance(image: ImageLike | list[ImageLike], enhancement: Any = None) -> ImageLike | list[ImageLike]:
+    """Apply `enhancement` (any specification `resolve_enhancement` reads) to an image or a list of images, returning
+    the same kind; no enhancement returns the input as is."""
+    pipeline = resolve_enhancement(enhancement)
+    return image if pipeline is None else pipeline(image)

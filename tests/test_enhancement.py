@@ -420,6 +420,8 @@ def test_enhance_accepts_every_form(xray):
     assert len(E.enhance([xray, xray], "high_contrast")) == 2
     with pytest.raises(CXRInputError, match="preset name"):
         E.enhance(xray, 3)
+    assert E.resolve_enhancement(None) is None and E.resolve_enhancement(" None ") is None
+    assert E.resolve_enhancement("High-Contrast") == E.get_preset("high_contrast")
     with pytest.raises(CXRInputError, match="did you mean 'sharp_detail'"):
         E.enhance(xray, "sharp_details")
 

@@ -168,7 +168,7 @@ def test_prompt_groups_protocol_reports_fidelity_per_group_with_floors(tiny_mode
     assert {"all", "pediatric normal", "pediatric pneumonia", "adult normal", "adult pneumonia"} <= set(fidelity)
     for entry in fidelity.values():
         assert entry["histogram_w1"] > 0 and entry["sharpness_ratio"] > 0 and entry["spectrum_distance"] > 0
-    assert fidelity["all"]["real_vs_real"]["histogram_w1"] >= 0 and fidelity["all"]["n_real"] == 12
+    assert fidelity["all"]["real_vs_real"]["histogram_w1"] > 0 and fidelity["all"]["n_real"] == 12
 
 
 def test_run_evaluation_leaves_the_callers_scheduler_alone(tiny_model, tmp_path):

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.prompts import ADULT_SOURCES, PEDIATRIC_SOURCES
+from ..data.vocabulary import source_population
 from ..errors import CXRInputError
 
 GROUPS = ("pediatric normal", "pediatric pneumonia", "adult normal", "adult pneumonia")
@@ -148,7 +148,7 @@ def example_group(source: str | None, labels: Sequence[str] | None, age: Any = N
         except (TypeError, ValueError):
             population = None
     if population is None and source:
-        population = "pediatric" if source in PEDIATRIC_SOURCES else "adult" if source in ADULT_SOURCES else None
+        population = source_population(source) or None
     if population is None or labels is None:
         return None
     pneumonia = any("pneumonia" in str(label).lower() for label in labels)
