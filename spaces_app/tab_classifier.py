@@ -32,15 +32,16 @@ def make_fn(state: AppState):
                 LABEL2ID,
                 grad_cam,
                 overlay_heatmap,
-                predict_proba,
+                pneumonia_probabilities,
+                prepare_pixel_values,
             )
         except ImportError as err:
             raise gr.Error(f"The classification module is not complete in this version ({err}).") from None
         with lock:
-            p = float(predict_proba(model, processor, [image])[0])
+            pixel_values = prepare_pixel_values(processor, image)  # one preprocessing for the answer and the map
+            p = float(pneumonia_probabilities(model, pixel_values)[0])
             label = "PNEUMONIA" if p >= 0.5 else "NORMAL"
             cam_class = label if target == "predicted class" else target
-            pixel_values = processor(images=[image.convert("RGB")], return_tensors="pt")["pixel_values"]
             cam = grad_cam(model, pixel_values, target=LABEL2ID[cam_class])
         overlay = save_png(overlay_heatmap(image, cam), state.new_output_dir(), f"gradcam_{cam_class.lower()}")
         note = (f"**{label}** (P(pneumonia) = {p:.3f}). The heat map shows where the evidence for **{cam_class}** "

@@ -115,7 +115,7 @@ def make_fns(state: AppState):
     def nearest(generated, source, limit):
         """The training image closest (SSIM at 64x64) to a generated X-ray, with its score and labels."""
         try:
-            from cxr_diffusers.evaluation.distribution import images_to_tensor
+            from cxr_diffusers.evaluation.features import images_to_tensor
             from cxr_diffusers.evaluation.memorization import (
                 DEFAULT_SSIM_THRESHOLD,
                 nearest_by_ssim,

@@ -148,3 +148,15 @@ def test_final_model_dir_is_never_deleted_without_overwrite(script, data_args, t
     assert (final / "model.safetensors").is_file() and "my card" not in (final / "README.md").read_text()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".shipped.")]
     assert not list((tmp_path / "run").rglob("*.pt"))  # checkpoints hold no pickles (EMA in safetensors)
+
+
+def test_standard_optimizer_and_loader_flags(script, data_args, tmp_path, capsys):
+    base = ["--config", TINY, *data_args, "--output_dir", str(tmp_path)]
+    args = script.parse_args([*base, "--adam_beta1", "0.8", "--adam_beta2", "0.99", "--adam_epsilon", "1e-6",
+                              "--allow_tf32", "--dataloader_num_workers", "1"])
+    assert (args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.allow_tf32) == (0.8, 0.99, 1e-6, True)
+    for extra, message in ((["--gradient_checkpointing"], "does not support gradient checkpointing"),
+                           (["--dataloader_num_workers", "-1"], "--dataloader_num_workers must be 0 or more")):
+        with pytest.raises(SystemExit):
+            script.parse_args([*base, *extra])
+        assert message in capsys.readouterr().err

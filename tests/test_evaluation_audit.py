@@ -18,7 +18,7 @@ from cxr_diffusers.evaluation.conditioning import (
     expected_class,
     label_from_labels,
 )
-from cxr_diffusers.evaluation.distribution import ClassifierFeatureExtractor, images_to_tensor
+from cxr_diffusers.evaluation.features import ClassifierFeatureExtractor, images_to_tensor
 from cxr_diffusers.evaluation.memorization import (
     MemorizationReport,
     memorization_audit,

@@ -16,18 +16,20 @@ from conftest import FIXTURES_DIR, shared_data_dir
 from cxr_diffusers.errors import CXRInputError
 from cxr_diffusers.evaluation import image_quality as iq
 from cxr_diffusers.evaluation.distribution import (
-    ClassifierFeatureExtractor,
-    FeatureExtractor,
-    VAEFeatureExtractor,
-    available_extractors,
     density_coverage,
     distribution_metrics,
     frechet_distance,
     frechet_distance_from_statistics,
-    images_to_tensor,
     kernel_distance,
     prdc,
     precision_recall,
+)
+from cxr_diffusers.evaluation.features import (
+    ClassifierFeatureExtractor,
+    FeatureExtractor,
+    VAEFeatureExtractor,
+    available_extractors,
+    images_to_tensor,
 )
 
 

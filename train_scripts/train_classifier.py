@@ -28,6 +28,9 @@ validation AUROC (ties: lower validation loss) is kept in `<output_dir>/best` an
 (`--final_dtype fp16` by default) with its image processor, model card, metrics.json and PNG plots, and evaluated on the
 test split with bootstrap 95% CIs. `--seeds 0 1 2` repeats the whole run per seed in `<output_dir>/seed-<s>` and writes
 mean +- std to `<output_dir>/metrics_summary.json`.
+
+The splits (`load_splits`), the predictions (`class_probabilities`) and the model card (`save_classifier_card`) come
+from `cxr_diffusers.classification`; the training loop is here.
 """
 
 from __future__ import annotations
@@ -53,48 +56,44 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from cxr_diffusers.classification import (
-    XrayClassificationDataset,
     build_classifier,
     build_transforms,
+    class_probabilities,
     class_weights,
     evaluate_predictions,
     load_classifier,
+    load_splits,
+    make_dataloader,
     mix_records,
     plot_confusion_matrix,
     plot_roc,
     plot_training_curves,
+    pneumonia_probabilities,
     read_synthetic_manifest,
-    records_from_dataset,
     resolve_architecture,
     save_classifier,
-    stratified_subset,
+    save_classifier_card,
     summarize_seeds,
 )
-from cxr_diffusers.classification.data import collate
 from cxr_diffusers.classification.metrics import METRICS
-from cxr_diffusers.errors import CXRInputError, DataError
-from cxr_diffusers.hub import DATA_CITATIONS, create_hub_repo, push_folder, save_model_card
-from cxr_diffusers.utils.output_dir import check_output_dir, staged_output_dir
+from cxr_diffusers.classification.model import pneumonia_index
+from cxr_diffusers.errors import CXRInputError
+from cxr_diffusers.hub import create_hub_repo, push_folder
 from cxr_diffusers.training_utils import (
     EarlyStopping,
-    load_checkpoint,
-    run_script,
     JsonlLogger,
     apply_config_file,
     check_output_dirs,
     check_positive,
     checkpoint_step,
+    load_checkpoint,
     prune_checkpoints,
     resolve_resume_checkpoint,
+    run_script,
 )
+from cxr_diffusers.utils.output_dir import check_output_dir, staged_output_dir
 
 logger = get_logger(__name__)
-
-#: MedMNIST v2 (Yang et al. 2023, Table) PneumoniaMNIST test results, for the model card.
-MEDMNIST_BASELINES = {
-    "ResNet-18 (28)": (0.854, 0.944), "ResNet-18 (224)": (0.864, 0.956),
-    "ResNet-50 (28)": (0.854, 0.948), "ResNet-50 (224)": (0.884, 0.962),
-}
 
 
 def parse_args(argv=None):
@@ -116,7 +115,8 @@ def parse_args(argv=None):
     parser.add_argument("--validation_size", type=float, default=0.1,
                         help="share of training patients (per class) carved into validation")
     parser.add_argument("--split_seed", type=int, default=0, help="seed of the validation carve and of subsets")
-    parser.add_argument("--max_train_samples", type=int, default=None, help="stratified subset of train (debugging)")
+    parser.add_argument("--max_train_samples", type=int, default=None,
+                        help="a seeded random subset of train, stratified by class (--split_seed; debugging)")
     parser.add_argument("--max_eval_samples", type=int, default=None,
                         help="stratified subset of validation and test (debugging; the metrics then are not the "
                              "official ones)")
@@ -131,7 +131,14 @@ def parse_args(argv=None):
     parser.add_argument("--eval_batch_size", type=int, default=64)
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--adam_beta1", type=float, default=0.9)
+    parser.add_argument("--adam_beta2", type=float, default=0.999)
     parser.add_argument("--adam_weight_decay", type=float, default=1e-4)
+    parser.add_argument("--adam_epsilon", type=float, default=1e-8)
+    parser.add_argument("--gradient_checkpointing", action="store_true",
+                        help="recompute activations in the backward pass (less memory, slower), where the model "
+                             "supports it")
+    parser.add_argument("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere+ GPUs (faster, no effect on CPU)")
     parser.add_argument("--max_grad_norm", type=float, default=1.0)
     parser.add_argument("--lr_scheduler", default="cosine",
                         choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
@@ -171,7 +178,8 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="run once per seed into <output_dir>/seed-<s> and report mean +- std")
-    parser.add_argument("--dataloader_num_workers", type=int, default=0)
+    parser.add_argument("--dataloader_num_workers", type=int, default=0,
+                        help="worker processes decoding the images (0: in the main process)")
     parser.add_argument("--report_to", default="tensorboard", help='"tensorboard", "none", ...')
     parser.add_argument("--push_to_hub", action="store_true")
     parser.add_argument("--hub_model_id", default=None)
@@ -186,6 +194,14 @@ def parse_args(argv=None):
         parser.error(str(err))
     if args.resolution < 28:
         parser.error(f"--resolution must be at least 28, got {args.resolution}")
+    if args.dataloader_num_workers < 0:
+        parser.error(f"--dataloader_num_workers must be 0 or more, got {args.dataloader_num_workers}")
+    if args.gradient_checkpointing:
+        from transformers import ResNetForImageClassification
+
+        if not ResNetForImageClassification.supports_gradient_checkpointing:
+            parser.error("--gradient_checkpointing: transformers' ResNetForImageClassification does not support "
+                         "gradient checkpointing; lower --train_batch_size or use --gradient_accumulation_steps")
     if not 0 <= args.validation_size < 1:
         parser.error(f"--validation_size must be in [0, 1), got {args.validation_size}")
     for name in ("synthetic_ratio", "duplicate_real_ratio", "label_smoothing", "early_stopping_patience"):
@@ -215,108 +231,24 @@ def parse_args(argv=None):
     return args
 
 
-# ----------------------------------------------------------------------------------------------------- data
-def detect_dataset(args) -> str:
-    if args.dataset != "auto":
-        return args.dataset
-    if args.dataset_name:
-        return "saved"
-    root = Path(args.train_data_dir)
-    if root.suffix == ".npz" or (root.is_dir() and any(root.glob("*.npz"))):
-        return "pneumoniamnist"
-    if (root / "dataset_dict.json").is_file():
-        return "saved"
-    return "kermany"
-
-
-def load_splits(args) -> tuple[dict, dict]:
-    """`({"train", "validation", "test"}: list[Record], info)` without decoding images."""
-    import datasets
-
-    kind = detect_dataset(args)
-    notes: list[str] = []
-    if kind == "kermany":
-        from cxr_diffusers.data import load_pneumonia
-
-        data = load_pneumonia(args.train_data_dir, val_size=args.validation_size, use_official_val=False,
-                              seed=args.split_seed, check_images="exists")
-        notes += list(getattr(getattr(data, "report", None), "notes", []))
-        description = "Kermany et al. pediatric chest X-rays (official train split; official 624-image test split)"
-    elif kind == "pneumoniamnist":
-        from cxr_diffusers.data import load_pneumoniamnist
-
-        data = load_pneumoniamnist(args.train_data_dir)
-        description = "PneumoniaMNIST (MedMNIST v2, 28x28) with its official train/val/test splits"
-    else:
-        if args.dataset_name:
-            data = datasets.load_dataset(args.dataset_name)
-        else:
-            root = Path(args.train_data_dir)
-            if not root.exists():
-                raise DataError(f"--train_data_dir {root} does not exist.")
-            data = datasets.load_from_disk(str(root))
-        if not isinstance(data, datasets.DatasetDict) or "train" not in data:
-            raise DataError("The saved dataset must be a DatasetDict with a 'train' split.")
-        description = f"saved dataset {args.dataset_name or args.train_data_dir}"
-    splits = {name: records_from_dataset(data[name]) for name in ("train", "validation", "test") if name in data}
-    if "validation" not in splits:
-        splits["train"], splits["validation"] = carve_validation(data["train"], splits["train"], args)
-        notes.append(f"validation carved from train by patient ({args.validation_size:.0%}, seed {args.split_seed})")
-    if "test" not in splits:
-        splits["test"] = splits["validation"]
-        notes.append("no test split: test metrics are on the validation split")
-    splits["train"] = stratified_subset(splits["train"], args.max_train_samples, args.split_seed)
-    for name in ("validation", "test"):
-        splits[name] = stratified_subset(splits[name], args.max_eval_samples, args.split_seed)
-    if args.max_train_samples or args.max_eval_samples:
-        notes.append(f"subsets: --max_train_samples {args.max_train_samples}, --max_eval_samples {args.max_eval_samples}")
-    for name, records in splits.items():
-        if not records:
-            raise DataError(f"The {name} split is empty.")
-    return splits, {"dataset": kind, "description": description, "notes": notes}
-
-
-def carve_validation(dataset, records, args):
-    from cxr_diffusers.data import assign_patient_splits
-
-    if args.validation_size <= 0:
-        raise DataError("The dataset has no validation split; give --validation_size > 0 to carve one from train.")
-    ids = dataset["patient_id"] if "patient_id" in dataset.column_names else [""] * len(records)
-    ids = [pid or f"image-{i}" for i, pid in enumerate(ids)]
-    strata = {pid: str(r.label) for pid, r in zip(ids, records)}
-    assignment = assign_patient_splits(ids, {"validation": args.validation_size}, seed=args.split_seed, strata=strata)
-    train = [r for pid, r in zip(ids, records) if assignment[pid] == "train"]
-    validation = [r for pid, r in zip(ids, records) if assignment[pid] == "validation"]
-    return train, validation
-
-
-def make_loader(records, transform, batch_size, shuffle, seed, num_workers, drop_last=False):
-    dataset = XrayClassificationDataset(records, transform, seed=seed if shuffle else None)  # per-item augmentation RNG
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
-        num_workers=num_workers, drop_last=drop_last,
-        generator=torch.Generator().manual_seed(seed) if shuffle else None,
-    )
-
-
-@torch.no_grad()
+# ----------------------------------------------------------------------------------------------------- one run
 def predict(model, loader, accelerator, weight=None):
     """(labels, P(PNEUMONIA), mean weighted CE) over a prepared loader, gathered across processes."""
+    index = pneumonia_index(accelerator.unwrap_model(model))
     model.eval()
     labels, probs, losses = [], [], []
     for batch in loader:
         with accelerator.autocast():
-            logits = model(pixel_values=batch["pixel_values"]).logits.float()
+            probabilities, logits = class_probabilities(model, batch["pixel_values"], return_logits=True)
         loss = F.cross_entropy(logits, batch["labels"], weight=weight, reduction="none")
-        logits, targets, loss = accelerator.gather_for_metrics((logits, batch["labels"], loss))
+        p, targets, loss = accelerator.gather_for_metrics((probabilities[:, index].contiguous(), batch["labels"], loss))
         labels.append(targets.cpu())
-        probs.append(torch.softmax(logits, dim=-1)[:, 1].cpu())
+        probs.append(p.cpu())
         losses.append(loss.cpu())
     model.train()
     return torch.cat(labels).numpy(), torch.cat(probs).numpy(), float(torch.cat(losses).mean())
 
 
-# ----------------------------------------------------------------------------------------------------- one run
 def train_one(args, seed: int, output_dir: Path) -> dict:
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
     from transformers import ResNetForImageClassification
@@ -333,25 +265,33 @@ def train_one(args, seed: int, output_dir: Path) -> dict:
         output_dir.mkdir(parents=True, exist_ok=True)
 
     # Data
-    splits, data_info = load_splits(args)
+    splits, data_info = load_splits(args.train_data_dir, args.dataset_name, dataset=args.dataset,
+                                    validation_size=args.validation_size, seed=args.split_seed,
+                                    max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples)
     synthetic = read_synthetic_manifest(args.synthetic_data_dir) if args.synthetic_data_dir else None
     train_records, counts = mix_records(splits["train"], synthetic, synthetic_ratio=args.synthetic_ratio,
                                         duplicate_real_ratio=args.duplicate_real_ratio, seed=seed)
     weights = class_weights(train_records) if args.class_weighting == "balanced" else [1.0, 1.0]
     augment = {"rotation": args.rotation_degrees, "translate": args.translate, "scale": args.scale_jitter,
-                   "brightness": args.brightness, "contrast": args.contrast}
+               "brightness": args.brightness, "contrast": args.contrast}
     train_tf = build_transforms(args.resolution, train=True, **augment)
     eval_tf = build_transforms(args.resolution, train=False)
-    train_loader = make_loader(train_records, train_tf, args.train_batch_size, True, seed,
-                               args.dataloader_num_workers, drop_last=len(train_records) >= args.train_batch_size)
+    train_loader = make_dataloader(train_records, train_tf, args.train_batch_size, shuffle=True, seed=seed,
+                                   num_workers=args.dataloader_num_workers,
+                                   drop_last=len(train_records) >= args.train_batch_size)
     train_dataset = train_loader.dataset
-    val_loader = make_loader(splits["validation"], eval_tf, args.eval_batch_size, False, seed,
-                             args.dataloader_num_workers)
+    val_loader = make_dataloader(splits["validation"], eval_tf, args.eval_batch_size,
+                                 num_workers=args.dataloader_num_workers)
 
     # Model
     model, processor, init = build_classifier(args.architecture, args.pretrained_model_name_or_path, args.resolution)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.adam_weight_decay)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
     updates_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
     num_epochs = math.ceil(max_train_steps / updates_per_epoch)
@@ -522,14 +462,12 @@ def _write_final_model(args, seed, output_dir, model_dir, location, splits, data
     best, processor = load_classifier(output_dir / "best")
     save_classifier(best, processor, model_dir, dtype=args.final_dtype)
     model, _ = load_classifier(model_dir, device=str(accelerator.device))  # exactly what users will load
-    eval_tf = build_transforms(args.resolution, train=False)
-    loader = make_loader(splits["test"], eval_tf, args.eval_batch_size, False, seed, args.dataloader_num_workers)
+    loader = make_dataloader(splits["test"], build_transforms(args.resolution, train=False), args.eval_batch_size,
+                             num_workers=args.dataloader_num_workers)
     labels, probs = [], []
-    with torch.no_grad():
-        for batch in loader:
-            logits = model(pixel_values=batch["pixel_values"].to(accelerator.device)).logits.float()
-            probs.append(torch.softmax(logits, -1)[:, 1].cpu())
-            labels.append(batch["labels"])
+    for batch in loader:
+        probs.append(pneumonia_probabilities(model, batch["pixel_values"]).cpu())
+        labels.append(batch["labels"])
     labels, probs = torch.cat(labels).numpy(), torch.cat(probs).numpy()
     test = evaluate_predictions(labels, probs, threshold=0.5, n_bootstrap=args.num_bootstrap, seed=seed)
 
@@ -556,56 +494,10 @@ def _write_final_model(args, seed, output_dir, model_dir, location, splits, data
         "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))},
     }
     (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    write_card(args, model_dir, metrics, location)
+    save_classifier_card(model_dir, metrics, repo_id=args.hub_model_id or location, model_name=args.hub_model_id)
     lines = [f"{m:12s} {v['value']:.4f} [{v['ci_low']:.4f}, {v['ci_high']:.4f}]" for m, v in test["metrics"].items()]
     accelerator.print(f"Test ({test['n']} images, seed {seed}):\n" + "\n".join(lines))
     return metrics
-
-
-def metric_table(test: dict) -> str:
-    rows = ["| metric | value | 95% CI |", "|---|---|---|"]
-    for name, v in test["metrics"].items():
-        rows.append(f"| {name} | {v['value']:.4f} | {v['ci_low']:.4f} - {v['ci_high']:.4f} |")
-    return "\n".join(rows)
-
-
-def write_card(args, model_dir: Path, metrics: dict, location: str) -> None:
-    data, model, training, test = metrics["data"], metrics["model"], metrics["training"], metrics["test"]
-    citations = [DATA_CITATIONS["kermany"]]
-    baseline = ""
-    if data["dataset"] == "pneumoniamnist":
-        citations.append(DATA_CITATIONS["medmnist"])
-        baseline = "MedMNIST v2 PneumoniaMNIST test baselines (accuracy / AUC): " + ", ".join(
-            f"{k} {a:.3f} / {u:.3f}" for k, (a, u) in MEDMNIST_BASELINES.items()) + "."
-    counts = data["train_counts"]
-    mixing = (f"{counts['real']} real + {counts['synthetic']} synthetic (ratio {data['synthetic_ratio']}, from "
-              f"{data['synthetic_data_dir']})" if counts["synthetic"] else
-              f"{counts['real']} real + {counts['duplicated_real']} duplicated real (control, ratio "
-              f"{data['duplicate_real_ratio']})" if counts["duplicated_real"] else f"{counts['real']} real images")
-    save_model_card(
-        model_dir, "classifier",
-        card_data={"license": "apache-2.0", "library_name": "transformers", "pipeline_tag": "image-classification",
-                   "tags": ["chest-x-ray", "pneumonia", "resnet", "not-for-clinical-use"]},
-        model_name=args.hub_model_id or f"cxr-diffusers pneumonia classifier ({model['architecture']})",
-        architecture=f"transformers ResNetForImageClassification, {model['architecture']}",
-        parameters=f"{model['parameters']:,}", init=model["init"], resolution=model["resolution"],
-        weights=f"{model['weights_dtype']} safetensors ({model['weights_mb']} MB), loaded as float32",
-        data=data["description"], notes="; ".join(data["notes"]) or "none", mixing=mixing,
-        class_weights=", ".join(f"{w:.3f}" for w in data["class_weights"]),
-        validation=f"{data['validation_images']} images; best AUROC {metrics['validation_best'].get('auroc', float('nan')):.4f} "
-                   f"(accuracy {metrics['validation_best'].get('accuracy', float('nan')):.4f}) at step "
-                   f"{metrics['validation_best']['step']}",
-        training=f"{training['global_step']} steps of {args.train_batch_size} (lr {args.learning_rate}, "
-                 f"{args.lr_scheduler}, AdamW), seed {training['seed']}"
-                 f"{', stopped early' if training['stopped_early'] else ''}; {training['device']}, "
-                 f"{training['seconds'] / 3600:.2f} h ({training['seconds_per_step']} s/step)",
-        test_images=test["n"], test_counts=f"{test['n_normal']} NORMAL / {test['n_pneumonia']} PNEUMONIA",
-        metrics_table=metric_table(test), n_bootstrap=test["n_bootstrap"],
-        confusion=f"TN {test['confusion_matrix'][0][0]}, FP {test['confusion_matrix'][0][1]}, "
-                  f"FN {test['confusion_matrix'][1][0]}, TP {test['confusion_matrix'][1][1]}",
-        baseline=baseline, repo_id=args.hub_model_id or location,
-        citations="\n".join(f"- {c}" for c in citations),
-    )
 
 
 # ----------------------------------------------------------------------------------------------------- main

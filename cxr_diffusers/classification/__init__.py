@@ -1,9 +1,11 @@
 """Pneumonia classifier (NORMAL / PNEUMONIA): a transformers ResNet, its data pipeline, metrics, plots and Grad-CAM.
 
-- `model`: `build_classifier`, `save_classifier`, `load_classifier`, `predict_proba` (folders work with
-  `transformers.pipeline("image-classification", model=folder)`).
-- `data`: `load_xray`, `build_transforms`, `records_from_dataset`, `read_synthetic_manifest`, `mix_records`,
-  `XrayClassificationDataset`.
+- `model`: `build_classifier`, `save_classifier`, `load_classifier` (folders work with
+  `transformers.pipeline("image-classification", model=folder)`) and inference: `predict_proba` (P(PNEUMONIA) of
+  images), `pneumonia_probabilities` / `class_probabilities` (of a batch of `pixel_values`), `prepare_pixel_values`.
+- `data`: `load_xray`, `build_transforms`, `load_splits`, `records_from_dataset`, `read_synthetic_manifest`,
+  `mix_records`, `XrayClassificationDataset`, `make_dataloader`.
+- `card`: `save_classifier_card`, the README.md of a trained model.
 - `metrics`: `evaluate_predictions` (accuracy, precision, recall, F1, AUROC, sensitivity, specificity with bootstrap
   95% CIs), `summarize_seeds`.
 - `plots`: training curves, confusion matrix, ROC. `gradcam`: `grad_cam`, `overlay_heatmap`.
@@ -11,6 +13,7 @@
 Trained with `train_scripts/train_classifier.py`; used by `cxr-diffusers classify`. Not for clinical use.
 """
 
+from .card import save_classifier_card
 from .data import (
     MIN_IMAGE_SIZE,
     Record,
@@ -18,7 +21,9 @@ from .data import (
     build_transforms,
     class_weights,
     label_from_prompt,
+    load_splits,
     load_xray,
+    make_dataloader,
     mix_records,
     read_synthetic_manifest,
     records_from_dataset,
@@ -38,9 +43,12 @@ from .model import (
     ID2LABEL,
     LABEL2ID,
     build_classifier,
+    class_probabilities,
     load_classifier,
     make_image_processor,
+    pneumonia_probabilities,
     predict_proba,
+    prepare_pixel_values,
     resolve_architecture,
     save_classifier,
 )
@@ -58,24 +66,30 @@ __all__ = [
     "bootstrap_metrics",
     "build_classifier",
     "build_transforms",
+    "class_probabilities",
     "class_weights",
     "evaluate_predictions",
     "grad_cam",
     "label_from_prompt",
     "load_classifier",
+    "load_splits",
     "load_xray",
+    "make_dataloader",
     "make_image_processor",
     "mix_records",
     "overlay_heatmap",
     "plot_confusion_matrix",
     "plot_roc",
     "plot_training_curves",
+    "pneumonia_probabilities",
     "predict_proba",
+    "prepare_pixel_values",
     "read_synthetic_manifest",
     "records_from_dataset",
     "resolve_architecture",
     "roc_auc",
     "save_classifier",
+    "save_classifier_card",
     "stratified_subset",
     "summarize_seeds",
 ]

@@ -14,6 +14,9 @@ Mixing (`mix_records`), with N real training images and ratio r >= 0:
 * `duplicate_real_ratio=r`, the control: round(r * N) *extra copies of real images* are added instead (a seeded
   permutation of the real set, cycled when r > 1), so both arms see the same number of samples per epoch.
 
+The splits of a training run come from `load_splits` (Kermany root, PneumoniaMNIST .npz or a saved `DatasetDict`,
+with a validation split carved from train by patient when there is none); `make_dataloader` batches records.
+
 Labels of synthetic images come from the manifest: an explicit `label` field (NORMAL/PNEUMONIA, 0/1) when present,
 otherwise the prompt (`label_from_prompt`); an image whose label cannot be told is an error that names the file.
 
@@ -44,10 +47,15 @@ __all__ = [
     "Record",
     "XrayClassificationDataset",
     "build_transforms",
+    "carve_validation",
     "class_counts",
     "class_weights",
+    "collate",
+    "detect_dataset",
     "label_from_prompt",
+    "load_splits",
     "load_xray",
+    "make_dataloader",
     "mix_records",
     "read_synthetic_manifest",
     "records_from_dataset",
@@ -219,6 +227,110 @@ def stratified_subset(records: list[Record], count: int | None, seed: int = 0) -
     return [records[i] for i in sorted(chosen)]
 
 
+# --------------------------------------------------------------------------------------------------- splits
+def detect_dataset(train_data_dir: str | os.PathLike | None, dataset_name: str | None = None) -> str:
+    """`kermany`, `pneumoniamnist` or `saved`: the layout of a training data location (`--dataset auto`)."""
+    if dataset_name:
+        return "saved"
+    root = Path(train_data_dir)
+    if root.suffix == ".npz" or (root.is_dir() and any(root.glob("*.npz"))):
+        return "pneumoniamnist"
+    if (root / "dataset_dict.json").is_file():
+        return "saved"
+    return "kermany"
+
+
+def load_splits(train_data_dir: str | os.PathLike | None = None, dataset_name: str | None = None, *,
+                dataset: str = "auto", validation_size: float = 0.1, seed: int = 0,
+                max_train_samples: int | None = None, max_eval_samples: int | None = None) -> tuple[dict, dict]:
+    """The records of a classifier training run, without decoding any image.
+
+    Args:
+        train_data_dir: a Kermany root, a PneumoniaMNIST .npz (or its folder), or a `save_to_disk` `DatasetDict`.
+        dataset_name: a Hub dataset of the common schema instead.
+        dataset: `kermany`, `pneumoniamnist`, `saved`, or `auto` (`detect_dataset`).
+        validation_size: share of training patients (per class) carved into validation when there is no such split.
+        seed: seed of the validation carve and of the subsets.
+        max_train_samples / max_eval_samples: seeded, class-stratified subsets (`stratified_subset`) of train, and of
+            validation and test.
+
+    Returns:
+        `({"train", "validation", "test"}: list[Record], info)` with info `dataset`, `description` and `notes` (for
+        the model card). Without a test split, test is the validation split (and a note says so).
+    """
+    import datasets
+
+    kind = detect_dataset(train_data_dir, dataset_name) if dataset == "auto" else dataset
+    notes: list[str] = []
+    if kind == "kermany":
+        from ..data import load_pneumonia
+
+        data = load_pneumonia(train_data_dir, val_size=validation_size, use_official_val=False, seed=seed,
+                              check_images="exists")
+        notes += list(getattr(getattr(data, "report", None), "notes", []))
+        description = "Kermany et al. pediatric chest X-rays (official train split; official 624-image test split)"
+    elif kind == "pneumoniamnist":
+        from ..data import load_pneumoniamnist
+
+        data = load_pneumoniamnist(train_data_dir)
+        description = "PneumoniaMNIST (MedMNIST v2, 28x28) with its official train/val/test splits"
+    else:
+        if dataset_name:
+            data = datasets.load_dataset(dataset_name)
+        else:
+            root = Path(train_data_dir)
+            if not root.exists():
+                raise DataError(f"--train_data_dir {root} does not exist.")
+            data = datasets.load_from_disk(str(root))
+        if not isinstance(data, datasets.DatasetDict) or "train" not in data:
+            raise DataError("The saved dataset must be a DatasetDict with a 'train' split.")
+        description = f"saved dataset {dataset_name or train_data_dir}"
+    splits = {name: records_from_dataset(data[name]) for name in ("train", "validation", "test") if name in data}
+    if "validation" not in splits:
+        splits["train"], splits["validation"] = carve_validation(data["train"], splits["train"], validation_size, seed)
+        notes.append(f"validation carved from train by patient ({validation_size:.0%}, seed {seed})")
+    if "test" not in splits:
+        splits["test"] = splits["validation"]
+        notes.append("no test split: test metrics are on the validation split")
+    splits["train"] = stratified_subset(splits["train"], max_train_samples, seed)
+    for name in ("validation", "test"):
+        splits[name] = stratified_subset(splits[name], max_eval_samples, seed)
+    if max_train_samples or max_eval_samples:
+        notes.append(f"subsets: --max_train_samples {max_train_samples}, --max_eval_samples {max_eval_samples}")
+    for name, records in splits.items():
+        if not records:
+            raise DataError(f"The {name} split is empty.")
+    return splits, {"dataset": kind, "description": description, "notes": notes}
+
+
+def carve_validation(dataset, records: list[Record], validation_size: float, seed: int = 0):
+    """`(train, validation)` records: `validation_size` of the patients of `dataset` (rows = `records`), per class."""
+    from ..data import assign_patient_splits
+
+    if validation_size <= 0:
+        raise DataError("The dataset has no validation split; give --validation_size > 0 to carve one from train.")
+    ids = dataset["patient_id"] if "patient_id" in dataset.column_names else [""] * len(records)
+    ids = [pid or f"image-{i}" for i, pid in enumerate(ids)]
+    strata = {pid: str(r.label) for pid, r in zip(ids, records)}
+    assignment = assign_patient_splits(ids, {"validation": validation_size}, seed=seed, strata=strata)
+    train = [r for pid, r in zip(ids, records) if assignment[pid] == "train"]
+    validation = [r for pid, r in zip(ids, records) if assignment[pid] == "validation"]
+    return train, validation
+
+
+def make_dataloader(records: list[Record], transform, batch_size: int, shuffle: bool = False, seed: int = 0,
+                    num_workers: int = 0, drop_last: bool = False):
+    """A torch `DataLoader` of `XrayClassificationDataset(records)`; shuffled loaders are seeded (order and, per item,
+    the augmentation)."""
+    import torch
+
+    dataset = XrayClassificationDataset(records, transform, seed=seed if shuffle else None)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, num_workers=num_workers,
+        drop_last=drop_last, generator=torch.Generator().manual_seed(seed) if shuffle else None,
+    )
+
+
 # --------------------------------------------------------------------------------------------------- synthetic data
 def label_from_prompt(prompt: str) -> int | None:
     """1 (PNEUMONIA), 0 (NORMAL) or None (cannot tell) from a generation prompt (`pneumonia_class_from_prompt`)."""
@@ -384,6 +496,7 @@ class XrayClassificationDataset:
 
 
 def collate(examples: list[dict]) -> dict:
+    """Batch of `XrayClassificationDataset` items: `pixel_values` (N, 3, R, R) and `labels` (N,) long."""
     import torch
 
     return {"pixel_values": torch.stack([e["pixel_values"] for e in examples]),

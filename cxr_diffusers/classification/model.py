@@ -36,9 +36,13 @@ __all__ = [
     "IMAGENET_STD",
     "LABEL2ID",
     "build_classifier",
+    "class_probabilities",
     "load_classifier",
     "make_image_processor",
+    "pneumonia_index",
+    "pneumonia_probabilities",
     "predict_proba",
+    "prepare_pixel_values",
     "resolve_architecture",
     "save_classifier",
 ]
@@ -205,19 +209,69 @@ def pneumonia_index(model) -> int:
     raise ModelLoadingError("The classifier has no PNEUMONIA label in its id2label.")
 
 
-def predict_proba(model, processor, images, batch_size: int = 32):
-    """P(PNEUMONIA) for a list of PIL images (any mode; converted to RGB as the pipeline does), as a numpy array."""
+def prepare_pixel_values(processor, images):
+    """The classifier's `pixel_values` (N, 3, H, W) of X-rays, made by its image processor.
+
+    `images`: a PIL image (any mode; converted to RGB, as the transformers pipeline does), a 2-D array (uint8, uint16,
+    or float in [0, 1]), a tensor (N, 1, H, W) in [0, 1], or a list of PIL images / 2-D arrays. Arrays and tensors are
+    turned into 8-bit grayscale images first, so an image gives the same pixel values as its PNG file.
+    """
     import numpy as np
+    import PIL.Image
+
+    if isinstance(images, PIL.Image.Image) or (isinstance(images, np.ndarray) and images.ndim == 2):
+        images = [images]
+    if not isinstance(images, (list, tuple)):  # a tensor or an array batch
+        images = _to_8bit_images(images)
+    rgb = [(im if isinstance(im, PIL.Image.Image) else _to_8bit_images(im)[0]).convert("RGB") for im in images]
+    if not rgb:
+        raise CXRInputError("No images were given.")
+    return processor(images=rgb, return_tensors="pt")["pixel_values"]
+
+
+def _to_8bit_images(images) -> list:
+    """Images in any form `images_to_tensor` reads -> 8-bit grayscale PIL images (values rounded)."""
+    import numpy as np
+    import PIL.Image
+
+    from ..evaluation.features import images_to_tensor
+
+    x = images_to_tensor(images)[:, 0].numpy()
+    return [PIL.Image.fromarray(np.rint(a * 255).astype(np.uint8), mode="L") for a in x]
+
+
+def class_probabilities(model, pixel_values, return_logits: bool = False):
+    """Softmax probabilities (N, num_labels) of one batch of prepared `pixel_values`, without gradients.
+
+    The one forward pass behind every prediction of the classifier: `pneumonia_probabilities`, `predict_proba`,
+    `ClassifierFeatureExtractor.predict_proba` and the validation and test of `train_classifier.py`. `pixel_values`
+    (from `prepare_pixel_values` or `build_transforms`) are moved to the model's device and dtype; logits and
+    probabilities are float32, on the model's device. The model's train/eval mode is left as it is.
+    `return_logits=True` returns `(probabilities, logits)`, e.g. for a validation loss.
+    """
     import torch
 
-    index = pneumonia_index(model)
-    device = next(model.parameters()).device
-    out = []
+    parameter = next(model.parameters())
+    with torch.no_grad():
+        logits = model(pixel_values=pixel_values.to(parameter.device, parameter.dtype)).logits.float()
+    probabilities = torch.softmax(logits, dim=-1)
+    return (probabilities, logits) if return_logits else probabilities
+
+
+def pneumonia_probabilities(model, pixel_values):
+    """P(PNEUMONIA) (N,) of one batch of prepared `pixel_values`: the PNEUMONIA column of `class_probabilities`."""
+    return class_probabilities(model, pixel_values)[:, pneumonia_index(model)]
+
+
+def predict_proba(model, processor, images, batch_size: int = 32):
+    """P(PNEUMONIA) of X-rays (PIL images, 2-D arrays or a tensor (N, 1, H, W) in [0, 1]; see
+    `prepare_pixel_values`) as a float32 numpy array (N,). Sets the model to eval mode."""
+    import numpy as np
+    import PIL.Image
+
+    if isinstance(images, PIL.Image.Image) or (isinstance(images, np.ndarray) and images.ndim == 2):
+        images = [images]
     model.eval()
-    for start in range(0, len(images), batch_size):
-        batch = [im.convert("RGB") for im in images[start : start + batch_size]]
-        pixel_values = processor(images=batch, return_tensors="pt")["pixel_values"].to(device, torch.float32)
-        with torch.no_grad():
-            logits = model(pixel_values=pixel_values).logits.float()
-        out.append(torch.softmax(logits, dim=-1)[:, index].cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+    out = [pneumonia_probabilities(model, prepare_pixel_values(processor, images[start : start + batch_size])).cpu()
+           for start in range(0, len(images), batch_size)]
+    return np.concatenate([p.numpy() for p in out]) if out else np.zeros(0, dtype=np.float32)

@@ -1,8 +1,8 @@
 """Evaluation of generated chest X-rays.
 
 - `image_quality`: classical per-image metrics (SSIM, PSNR, MS-SSIM, contrast, entropy, sharpness, intensity).
-- `distribution`: feature extractors (`FeatureExtractor` protocol) and distribution metrics (FD, KID, precision/recall,
-  density/coverage).
+- `features`: feature extractors (`FeatureExtractor` protocol) and `images_to_tensor`.
+- `distribution`: distribution metrics on feature arrays (FD, KID, precision/recall, density/coverage).
 - `memorization`: nearest training image of each generated image (pixel SSIM and feature cosine).
 - `conditioning`: agreement of a classifier with the prompt.
 - `runner`: the end-to-end run behind `cxr-diffusers evaluate`; `report`: plots and metrics.json; `timing`:
@@ -32,17 +32,18 @@ from .image_quality import (
 )
 
 _LAZY = {
-    "ClassifierFeatureExtractor": "distribution",
-    "FeatureExtractor": "distribution",
-    "InceptionFeatureExtractor": "distribution",
-    "VAEFeatureExtractor": "distribution",
-    "XRVFeatureExtractor": "distribution",
-    "available_extractors": "distribution",
+    "ClassifierFeatureExtractor": "features",
+    "FeatureExtractor": "features",
+    "InceptionFeatureExtractor": "features",
+    "VAEFeatureExtractor": "features",
+    "XRVFeatureExtractor": "features",
+    "available_extractors": "features",
     "density_coverage": "distribution",
     "distribution_metrics": "distribution",
+    "feature_statistics": "distribution",
     "frechet_distance": "distribution",
     "frechet_distance_from_statistics": "distribution",
-    "images_to_tensor": "distribution",
+    "images_to_tensor": "features",
     "kernel_distance": "distribution",
     "precision_recall": "distribution",
     "prdc": "distribution",
@@ -76,6 +77,7 @@ __all__ = [
     "distribution_metrics",
     "entropy",
     "expected_class",
+    "feature_statistics",
     "frechet_distance",
     "frechet_distance_from_statistics",
     "generate_images",

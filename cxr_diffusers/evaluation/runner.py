@@ -37,16 +37,16 @@ from .conditioning import (
     expected_class,
     label_from_labels,
 )
-from .fidelity import example_group, grouped_fidelity, prompt_group
-from .distribution import (
+from .distribution import distribution_metrics
+from .features import (
     ClassifierFeatureExtractor,
     InceptionFeatureExtractor,
     VAEFeatureExtractor,
     XRVFeatureExtractor,
     available_extractors,
-    distribution_metrics,
     images_to_tensor,
 )
+from .fidelity import example_group, grouped_fidelity, prompt_group
 from .image_quality import image_statistics, ms_ssim, pairwise_ms_ssim, psnr, ssim
 from .memorization import DEFAULT_COSINE_THRESHOLD, DEFAULT_SSIM_THRESHOLD, memorization_audit, save_nearest_grid
 from .report import plot_intensity_histograms, plot_metric_bars, save_real_vs_generated_grid, write_metrics_json
