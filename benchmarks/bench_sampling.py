@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cxr_diffusers import CXRPipeline, create_components
-from cxr_diffusers.evaluation.distribution import VAEFeatureExtractor, frechet_distance
+from cxr_diffusers.evaluation.distribution import frechet_distance
+from cxr_diffusers.evaluation.features import VAEFeatureExtractor
 from cxr_diffusers.evaluation.image_quality import psnr
 from cxr_diffusers.evaluation.timing import (
     RSSMonitor,

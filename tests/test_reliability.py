@@ -155,7 +155,7 @@ def test_blank_images_are_not_radiographs(tmp_path, capsys):
     from PIL import Image
 
     from cxr_diffusers.classification.input_check import NOT_A_RADIOGRAPH, radiograph_problem
-    from cxr_diffusers.evaluation.distribution import ClassifierFeatureExtractor
+    from cxr_diffusers.evaluation.features import ClassifierFeatureExtractor
     from cxr_diffusers.evaluation.runner import find_classifier
 
     blanks = [Image.new("L", (128, 128), value) for value in (0, 128, 255)]

@@ -90,9 +90,9 @@ def run(args: argparse.Namespace) -> int:
 def save_gradcam(model, processor, image, path: Path, out_dir: Path, label: str) -> Path:
     from PIL import PngImagePlugin
 
-    from ..classification import LABEL2ID, grad_cam, overlay_heatmap
+    from ..classification import LABEL2ID, grad_cam, overlay_heatmap, prepare_pixel_values
 
-    pixel_values = processor(images=[image.convert("RGB")], return_tensors="pt")["pixel_values"]
+    pixel_values = prepare_pixel_values(processor, image)
     cam = grad_cam(model, pixel_values, target=LABEL2ID[label])
     overlay = overlay_heatmap(image, cam)
     out_dir.mkdir(parents=True, exist_ok=True)

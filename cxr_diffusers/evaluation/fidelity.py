@@ -34,7 +34,7 @@ _AGE = re.compile(r"\b(\d{1,3})[- ](year|month)s?[- ]old\b")
 
 def _as_arrays(images: Any) -> np.ndarray:
     """Images -> float64 (N, H, W) in [0, 1] (PIL list, arrays, or an (N, 1, H, W) tensor)."""
-    from .distribution import images_to_tensor
+    from .features import images_to_tensor
 
     x = images if hasattr(images, "ndim") and getattr(images, "ndim", 0) == 4 else images_to_tensor(images)
     if hasattr(x, "detach"):

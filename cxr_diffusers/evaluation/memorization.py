@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CXRInputError
-from .distribution import images_to_tensor
+from .features import images_to_tensor
 from .image_quality import _NativeConv
 
 __all__ = [

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..provenance import PROVENANCE_KEY, attach_provenance, make_record, read_provenance
-from .distribution import images_to_tensor
+from .features import images_to_tensor
 
 __all__ = [
     "plot_intensity_histograms",
