@@ -60,22 +60,45 @@ def refuse_unsafe_weights(folder: str | os.PathLike) -> None:
             )
 
 
-def load_failure(path: str | os.PathLike, error: BaseException, what: str = "model") -> ModelLoadingError:
+def load_failure(path: str | os.PathLike, error: BaseException, what: str = "model",
+                 cache_dir: str | os.PathLike | None = None) -> ModelLoadingError:
     """The one-sentence error for a failed `from_pretrained(path)`: a missing folder taken for a Hub id (offline
-    or not found there) is said to be missing, rather than reported as the Hub cache's internal error."""
-    from huggingface_hub import is_offline_mode
+    or not found there) is said to be missing, rather than reported as the Hub cache's internal error; a Hub id that
+    is in the Hub cache (`cache_dir`, default `HF_HUB_CACHE`) but does not load is reported with its error."""
+    from huggingface_hub import is_offline_mode, try_to_load_from_cache
 
     text = os.fspath(path)
     first_line = str(error).strip().split("\n")[0] or type(error).__name__
     if not os.path.isdir(text) and not looks_like_hub_id(text):
         return ModelLoadingError(f"The {what} folder {text!r} does not exist.")
     if not os.path.isdir(text):
+        try:
+            cached = isinstance(try_to_load_from_cache(text, "model_index.json", cache_dir=cache_dir), str)
+        except ValueError:  # not a valid repo id after all
+            cached = False
+        if cached:
+            return ModelLoadingError(f"Could not load the {what} {text!r} from the Hub cache: {first_line}")
         missing = f"No {what} folder {text!r} exists (relative to {os.getcwd()})"
         if is_offline_mode():
             return ModelLoadingError(f"{missing}, and as a Hub id it is not in the local Hub cache while the Hub cannot "
                                      "be reached (HF_HUB_OFFLINE=1); give the folder's full path.")
         return ModelLoadingError(f"{missing}, and the Hub could not provide it either ({first_line}).")
     return ModelLoadingError(f"Could not load the {what} from {text!r}: {first_line}")
+
+
+def download_snapshot(repo_id: str, cache_dir: str | os.PathLike | None = None, revision: str | None = None,
+                      token: str | bool | None = None, force_download: bool = False,
+                      local_files_only: bool | None = None) -> str:
+    """
+    The local folder of the Hub repo `repo_id` at `revision` (`huggingface_hub.snapshot_download`, from the Hub cache
+    when `HF_HUB_OFFLINE=1` or `local_files_only`): every file but pickled weights (`UNSAFE_WEIGHT_SUFFIXES`), which
+    cxr-diffusers never loads. `CXRPipeline.from_pretrained("owner/name")` downloads with it.
+    """
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(repo_id, cache_dir=cache_dir, revision=revision, token=token,
+                             force_download=force_download, local_files_only=bool(local_files_only),
+                             ignore_patterns=[f"*{suffix}" for suffix in UNSAFE_WEIGHT_SUFFIXES])
 
 
 def load_pretrained(cls, path: str | os.PathLike, what: str = "model", **kwargs):

@@ -2,27 +2,43 @@
 
     write_remote_code("exported")    # after pipe.save_pretrained("exported"); export_pipeline.py does this
     # then, with only diffusers and transformers installed:
-    pipe = DiffusionPipeline.from_pretrained("exported", custom_pipeline="exported", trust_remote_code=True)
+    pipe = DiffusionPipeline.from_pretrained("exported", trust_remote_code=True)
+    # (`custom_pipeline="exported"` as well still works; from a Hub repo, pass the local folder of
+    # `huggingface_hub.snapshot_download(repo_id)`)
 
-Layout written into the folder (the package's own sources, byte for byte, at their paths inside `cxr_diffusers/`):
+Layout written into the folder (the package's own sources, byte for byte, at their paths inside `cxr_diffusers/`),
+diffusers' "community pipeline" layout:
 
-    pipeline.py                      diffusers' custom-pipeline entry point (generated, see `ENTRY_POINT`)
+    pipeline.py                      the custom-pipeline entry point (generated, see `ENTRY_POINT`)
     pipelines/pipeline_cxr.py        the pipeline module, and every module it imports from the package, also lazily
     models/unet_cxr.py, ...          (the components', errors, provenance, ...), found by following relative imports
     unet/ vae/ text_encoder/ ...     unchanged, as `save_pretrained` wrote them
-    model_index.json                 unchanged: components keep their `cxr_diffusers.models.*` module paths
+    model_index.json                 `"_class_name": ["pipeline", "CXRPipeline"]` (`custom_class_name`); components
+                                     keep their `cxr_diffusers.models.*` module paths
 
-diffusers runs `pipeline.py` as the custom pipeline and copies the files it names (relative imports, one folder
-deep at most) into its module cache. It then resolves a component library that is neither diffusers nor transformers
-from `sys.modules`. Where cxr-diffusers is installed, `pipeline.py` hands diffusers the package's own classes (the
-same as `CXRPipeline.from_pretrained`); where it is not, it binds each `cxr_diffusers.models.*` path of
+How diffusers resolves it (diffusers/pipelines/pipeline_loading_utils.py): a list `_class_name` `[module, class]`
+whose `<module>.py` is at the folder's root is a custom pipeline (`_resolve_custom_pipeline_and_cls`), so
+`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` runs `pipeline.py` and copies the files it
+imports (relative imports, one folder deep at most, not followed further) into its module cache. A component library
+that is neither diffusers nor transformers nor a `<component>/<library>.py` file it then takes from `sys.modules`
+(`_get_library_or_raise`). Where cxr-diffusers is installed, `pipeline.py` hands diffusers the package's own classes
+(the same as `CXRPipeline.from_pretrained`); where it is not, it binds each `cxr_diffusers.models.*` path of
 model_index.json in `sys.modules` to the shipped copy (the name `cxr_diffusers` itself stays unimportable).
-`CXRPipeline.from_pretrained(folder)` never reads these files: the folder loads exactly as before.
+
+`CXRPipeline.from_pretrained(folder)` never runs these files: it reads the list `_class_name` as its own class name.
+A pipeline diffusers loaded from the shipped code saves the same way (`CXRPipeline.save_config` calls
+`write_remote_code` again, from the shipped copies), so its `save_pretrained` folder loads as the export did.
+
+From a Hub repo id, diffusers 0.42 does not load this layout with `trust_remote_code`: its download step accepts a
+custom component library only as a `<component>/<library>.py` file of the repo, it fetches Hub code only online
+(`model_info`), and it follows the shipped modules' nested relative imports (`from ..errors import`) to wrong paths.
+Load the snapshot folder instead, as above (`CXRPipeline.from_pretrained(repo_id)` downloads it itself).
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import os
 from pathlib import Path
@@ -30,11 +46,28 @@ from pathlib import Path
 from .errors import ModelLoadingError
 
 PACKAGE = "cxr_diffusers"
+#: The folder of the package's sources: the installed package, or diffusers' module cache where this module is itself
+#: a shipped copy (`diffusers_modules.local.remote_code`), which holds the shipped modules at the same relative paths.
 PACKAGE_DIR = Path(__file__).resolve().parent
-#: diffusers' `CUSTOM_PIPELINE_FILE_NAME`: the file `custom_pipeline=<folder>` loads.
+#: The name this module's package is imported under (`cxr_diffusers`, or `diffusers_modules.local` in a shipped copy).
+IMPORTED_AS = __name__.rpartition(".")[0]
+#: diffusers' `CUSTOM_PIPELINE_FILE_NAME`: the file `custom_pipeline=<folder>` loads, and the module of the list
+#: `_class_name` (`custom_class_name`) that makes `trust_remote_code=True` alone load it.
 ENTRY_POINT = "pipeline.py"
 
-__all__ = ["ENTRY_POINT", "remote_code_modules", "write_remote_code"]
+__all__ = ["ENTRY_POINT", "custom_class_name", "remote_code_modules", "write_remote_code"]
+
+
+def custom_class_name(pipeline_class_name: str) -> list[str]:
+    """model_index.json's `_class_name` of an export: `[entry-point module, class]`, diffusers' custom pipeline."""
+    return [Path(ENTRY_POINT).stem, pipeline_class_name]
+
+
+def _package_name(module: str) -> str:
+    """The `cxr_diffusers.*` name of a module of this package, also where it was imported as a shipped copy."""
+    if IMPORTED_AS != PACKAGE and module.startswith(f"{IMPORTED_AS}."):
+        return PACKAGE + module[len(IMPORTED_AS):]
+    return module
 
 
 def _module_file(module: str) -> Path | None:
@@ -109,18 +142,19 @@ def _relative(module: str) -> str:
 
 def _entry_point(pipeline: tuple[str, str], components: dict[str, tuple[str, str]],
                  modules: dict[str, set[str]]) -> str:
-    from . import __version__
+    from .version import __version__
 
     lines = [
         f'"""Remote code of a cxr-diffusers {pipeline[1]} (written by cxr-diffusers {__version__}).',
         "",
         "Loads this folder with diffusers alone, no cxr-diffusers needed:",
         "",
-        "    pipe = DiffusionPipeline.from_pretrained(folder, custom_pipeline=folder, trust_remote_code=True)",
+        "    pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)",
         "",
-        "diffusers runs this file and copies the modules it imports (the package's own sources, shipped beside it).",
-        "model_index.json names the components by their cxr_diffusers module paths, which diffusers looks up in",
-        "sys.modules: where cxr-diffusers is installed its own classes are used, else the paths name the shipped copies.",
+        f"model_index.json's _class_name {custom_class_name(pipeline[1])} names this file and class: diffusers runs it",
+        "and copies the modules it imports (the package's own sources, shipped beside it). model_index.json names the",
+        "components by their cxr_diffusers module paths, which diffusers looks up in sys.modules: where cxr-diffusers",
+        "is installed its own classes are used, else the paths name the shipped copies.",
         '"""',
         "",
         "import importlib",
@@ -155,23 +189,28 @@ def _entry_point(pipeline: tuple[str, str], components: dict[str, tuple[str, str
     return "\n".join(lines)
 
 
-def write_remote_code(folder: str | os.PathLike) -> list[Path]:
-    """Write `pipeline.py` and the package modules the pipeline needs into a folder saved by `save_pretrained`
-    (see the module docstring for the layout). Returns the files written."""
-    import cxr_diffusers
-
+def write_remote_code(folder: str | os.PathLike, pipeline_class: type | None = None) -> list[Path]:
+    """Write `pipeline.py` and the package modules the pipeline needs into a folder saved by `save_pretrained`, and
+    name `pipeline.py` in its model_index.json (see the module docstring for the layout). `pipeline_class`: the
+    pipeline saved there (default: the cxr_diffusers pipeline model_index.json names). Returns the files written."""
     root = Path(folder)
     index = root / "model_index.json"
     if not index.is_file():
         raise ModelLoadingError(f"{root} has no model_index.json: save the pipeline there first.")
-    config = json.loads(index.read_text())
+    config = json.loads(index.read_text(encoding="utf-8"))
     class_name = config.get("_class_name")
-    pipeline_cls = getattr(cxr_diffusers, class_name, None) if isinstance(class_name, str) else None
-    if pipeline_cls is None:
+    if isinstance(class_name, list) and len(class_name) == 2 and class_name[0] == Path(ENTRY_POINT).stem:
+        class_name = class_name[1]  # already exported
+    if pipeline_class is None and isinstance(class_name, str):
+        pipeline_class = getattr(importlib.import_module(PACKAGE), class_name, None)
+    if pipeline_class is None or pipeline_class.__name__ != class_name:
         raise ModelLoadingError(f"{index} names the pipeline {class_name!r}, which is not a cxr_diffusers pipeline.")
+    for name, value in config.items():  # a pipeline loaded from shipped code saves its components' import names
+        if not name.startswith("_") and isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+            config[name] = [_package_name(value[0]), value[1]]
     components = {name: (value[0], value[1]) for name, value in config.items()
                   if isinstance(value, list) and len(value) == 2 and str(value[0]).startswith(f"{PACKAGE}.")}
-    pipeline = (pipeline_cls.__module__, pipeline_cls.__name__)
+    pipeline = (_package_name(pipeline_class.__module__), pipeline_class.__name__)
     modules = remote_code_modules([pipeline[0], *sorted({library for library, _ in components.values()})])
     written = []
     for module in sorted(modules):
@@ -184,4 +223,6 @@ def write_remote_code(folder: str | os.PathLike) -> list[Path]:
         written.append(target)
     entry = root / ENTRY_POINT
     entry.write_text(_entry_point(pipeline, components, modules), encoding="utf-8")
+    config["_class_name"] = custom_class_name(pipeline[1])
+    index.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return [entry, *written]

@@ -117,3 +117,85 @@ def test_push_to_hub_offline_fails_before_training(script, tmp_path):
     assert last == f"{script}.py: error: --push_to_hub cannot create the Hub repo 'me/x' while HF_HUB_OFFLINE=1 is set; " \
                    "unset it or drop --push_to_hub."
     assert not list(out.rglob("*")), "nothing trained or written"  # the repo is created before any data or model
+
+
+# ------------------------------------------------------------------------------------------------ loading by Hub id
+@pytest.fixture(scope="module")
+def tiny_folders(tmp_path_factory):
+    """A saved tiny pipeline and its export (the code shipped, `_class_name` `["pipeline", "CXRPipeline"]`)."""
+    import shutil
+
+    from conftest import make_tiny_pipeline
+
+    from cxr_diffusers.remote_code import write_remote_code
+
+    root = tmp_path_factory.mktemp("hub-id")
+    pipe = make_tiny_pipeline()
+    pipe.save_pretrained(root / "saved")
+    shutil.copytree(root / "saved", root / "exported")
+    write_remote_code(root / "exported")
+    return pipe, root
+
+
+def tiny_image(pipe):
+    import torch
+
+    return pipe("PA chest radiograph of an adult.", height=64, width=64, num_inference_steps=2,
+                generator=torch.Generator().manual_seed(0), output_type="np").images
+
+
+@pytest.mark.parametrize("layout", ["saved", "exported"])
+def test_pipeline_loads_by_hub_id_offline_from_the_hub_cache(layout, tiny_folders, tmp_path, monkeypatch):
+    """`CXRPipeline.from_pretrained("owner/name")` with HF_HUB_OFFLINE=1 (conftest) and the repo in the Hub cache, as a
+    download leaves it: with the tree listing, from which diffusers' own download step knows the repo's files and
+    refuses components whose library is `cxr_diffusers.models.*` (no `unet/<library>.py`). An export loads with the
+    package's classes and never runs its shipped code."""
+    import huggingface_hub
+    import numpy as np
+    from diffusers.pipelines import pipeline_loading_utils
+    from hub_cache import put_in_hub_cache
+
+    from cxr_diffusers import CXRPipeline
+
+    pipe, root = tiny_folders
+    cache = tmp_path / "hub-cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))  # read at import, so set it too
+    snapshot = put_in_hub_cache(root / layout, cache, "radiology-lab/cxr-tiny")
+    assert (snapshot.parent.parent / "trees").is_dir() or not hasattr(huggingface_hub, "get_cached_repo_tree")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"ran shipped code: {args} {kwargs}")
+
+    monkeypatch.setattr(pipeline_loading_utils, "get_class_from_dynamic_module", refuse)
+    loaded = CXRPipeline.from_pretrained("radiology-lab/cxr-tiny")
+    assert type(loaded) is CXRPipeline and type(loaded.unet).__module__ == "cxr_diffusers.models.unet_cxr"
+    assert loaded.config._name_or_path == "radiology-lab/cxr-tiny"  # what the images' provenance names
+    loaded.set_progress_bar_config(disable=True)
+    assert np.array_equal(tiny_image(loaded), tiny_image(pipe))
+    # a pinned revision, and the cache folder given as cache_dir instead
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "elsewhere"))
+    again = CXRPipeline.from_pretrained("radiology-lab/cxr-tiny", cache_dir=cache, revision=snapshot.name)
+    assert type(again.vae).__module__ == "cxr_diffusers.models.autoencoder_cxr"
+
+
+def test_hub_id_errors_say_missing_or_what_failed(tiny_folders, tmp_path, monkeypatch):
+    import shutil
+
+    from hub_cache import put_in_hub_cache
+
+    from cxr_diffusers import CXRPipeline, ModelLoadingError
+
+    _, root = tiny_folders
+    cache = tmp_path / "hub-cache"
+    with pytest.raises(ModelLoadingError, match="'radiology-lab/absent'.* not in the local Hub cache .*HF_HUB_OFFLINE"):
+        CXRPipeline.from_pretrained("radiology-lab/absent", cache_dir=cache)
+    broken = tmp_path / "broken"
+    shutil.copytree(root / "saved", broken)
+    weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    put_in_hub_cache(broken, cache, "radiology-lab/broken")
+    with pytest.raises(ModelLoadingError, match="Could not load the CXRPipeline 'radiology-lab/broken' from the Hub "
+                                                "cache: ") as info:
+        CXRPipeline.from_pretrained("radiology-lab/broken", cache_dir=cache)
+    assert "\n" not in str(info.value)

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from cxr_diffusers import CXRInputError, CXRPipeline, ModelLoadingError, create_components, read_provenance
+from cxr_diffusers import enhancement as E
 from cxr_diffusers.schedulers import SCHEDULERS, scheduler_from_name
 
 from conftest import PROMPT, make_tiny_pipeline
@@ -152,6 +153,10 @@ def test_enhancement_is_applied(pipe):
     assert enhanced.shape == plain.shape and np.abs(enhanced - plain).max() > 1e-3
     with pytest.raises(CXRInputError, match="balanced"):
         run(pipe, enhancement="hihg_contrast")
+    # the pipeline reads a specification as `enhance` does (one resolver): "none" is no enhancement, a dict is steps
+    np.testing.assert_array_equal(run(pipe, enhancement="none"), plain)
+    as_dict = run(pipe, enhancement={"name": "high_contrast", "steps": E.get_preset("high_contrast").to_dict()["steps"]})
+    np.testing.assert_array_equal(as_dict, enhanced)
 
 
 def test_pil_outputs_carry_provenance_through_png(pipe, tmp_path):
@@ -298,7 +303,7 @@ def test_outputs_go_through_vae_image_processor_with_the_old_pixel_values():
     assert image_pil.mode == "L" and np.array_equal(np.asarray(image_pil), old_pil)
     assert read_provenance(image_pil)["synthetic"] is True
     enhanced = run(pipeline, output_type="np", enhancement="balanced")  # enhanced in [0, 1], not denormalised twice
-    expected = pipeline._apply_enhancement(old, pipeline._resolve_enhancement("balanced")).permute(0, 2, 3, 1).numpy()
+    expected = pipeline._apply_enhancement(old, E.resolve_enhancement("balanced")).permute(0, 2, 3, 1).numpy()
     assert np.array_equal(enhanced, expected)
 
 

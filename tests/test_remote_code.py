@@ -1,8 +1,10 @@
-"""An exported pipeline loads with diffusers alone, where cxr-diffusers is not installed (diffusers' custom pipeline
-with `trust_remote_code`), and makes the same image as the installed package; the package loads it as before."""
+"""An exported pipeline loads with diffusers alone, where cxr-diffusers is not installed
+(`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`: diffusers' custom pipeline named by model_index.json),
+and makes the same image as the installed package; the package loads it as before, without running the shipped code."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -13,10 +15,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT
+from hub_cache import put_in_hub_cache
 
 import cxr_diffusers
 from cxr_diffusers import CXRPipeline, create_components
-from cxr_diffusers.remote_code import ENTRY_POINT, remote_code_modules
+from cxr_diffusers.remote_code import ENTRY_POINT, remote_code_modules, write_remote_code
 
 EXPORT = REPO_ROOT / "train_scripts" / "export_pipeline.py"
 PROMPT = "PA chest radiograph of an adult. Findings: pneumonia."
@@ -52,8 +55,13 @@ def generate(pipe):
 
 @pytest.mark.slow
 def test_diffusers_alone_loads_the_export_and_makes_the_same_image(exported, tmp_path):
-    code = f"""
-        import sys
+    """`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` alone (model_index.json's list `_class_name`
+    names `pipeline.py`), with `custom_pipeline=folder` as well, and from the snapshot folder of a Hub repo; the
+    remote-loaded pipeline's `save_pretrained` folder loads the same way in a fresh process."""
+    hub = tmp_path / "hub"
+    put_in_hub_cache(exported, hub, "radiology-lab/cxr-tiny")
+    header = f"""
+        import json, sys
         try:
             import cxr_diffusers
         except ImportError:
@@ -64,31 +72,61 @@ def test_diffusers_alone_loads_the_export_and_makes_the_same_image(exported, tmp
         import torch
         from diffusers import DiffusionPipeline
 
+        def generate(pipe):
+            assert type(pipe).__name__ == "CXRPipeline" and type(pipe).__module__.startswith("diffusers_modules."), type(pipe)
+            for part in (pipe.unet, pipe.vae, pipe.text_encoder):
+                assert type(part).__module__.startswith("diffusers_modules."), type(part)
+            pipe.set_progress_bar_config(disable=True)
+            return pipe({PROMPT!r}, height=64, width=64, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                        output_type="np").images
+    """
+    code = header + f"""
+        from huggingface_hub import snapshot_download
+
         path = {str(exported)!r}
-        try:
-            DiffusionPipeline.from_pretrained(path, custom_pipeline=path)
-        except ValueError as error:
-            assert "trust_remote_code=True" in str(error), error
-        else:
-            sys.exit("loaded custom code without trust_remote_code")
-        pipe = DiffusionPipeline.from_pretrained(path, custom_pipeline=path, trust_remote_code=True)
-        assert type(pipe).__name__ == "CXRPipeline" and type(pipe).__module__.startswith("diffusers_modules."), type(pipe)
-        assert type(pipe.unet).__module__.startswith("diffusers_modules."), type(pipe.unet)
-        image = pipe({PROMPT!r}, height=64, width=64, num_inference_steps=2,
-                     generator=torch.Generator().manual_seed(0), output_type="np").images
-        np.save("remote.npy", image)
+        for kwargs in ({{}}, {{"custom_pipeline": path}}):
+            try:
+                DiffusionPipeline.from_pretrained(path, **kwargs)
+            except ValueError as error:
+                assert "trust_remote_code=True" in str(error), error
+            else:
+                sys.exit(f"loaded custom code without trust_remote_code ({{kwargs}})")
+        pipe = DiffusionPipeline.from_pretrained(path, trust_remote_code=True)
+        np.save("alone.npy", generate(pipe))
+        np.save("custom_pipeline.npy", generate(DiffusionPipeline.from_pretrained(path, custom_pipeline=path,
+                                                                                  trust_remote_code=True)))
+        snapshot = snapshot_download("radiology-lab/cxr-tiny", cache_dir={str(hub)!r})  # HF_HUB_OFFLINE=1
+        np.save("snapshot.npy", generate(DiffusionPipeline.from_pretrained(snapshot, trust_remote_code=True)))
+        pipe.save_pretrained("resaved")
         assert "cxr_diffusers" not in sys.modules
     """
     result = run_without_the_package(code, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    remote = np.load(tmp_path / "remote.npy")
+    resaved = tmp_path / "resaved"
+    index = json.loads((resaved / "model_index.json").read_text())
+    exported_index = json.loads((exported / "model_index.json").read_text())
+    assert {k: v for k, v in index.items() if k != "_name_or_path"} == \
+        {k: v for k, v in exported_index.items() if k != "_name_or_path"}  # the export's layout, component paths
+    assert (resaved / ENTRY_POINT).read_text() == (exported / ENTRY_POINT).read_text()
+    assert sorted(p.relative_to(resaved).as_posix() for p in resaved.rglob("*.py")) == \
+        sorted(p.relative_to(exported).as_posix() for p in exported.rglob("*.py"))
+
+    result = run_without_the_package(header + f"""
+        np.save("resaved.npy", generate(DiffusionPipeline.from_pretrained({str(resaved)!r}, trust_remote_code=True)))
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
 
     pipe = CXRPipeline.from_pretrained(exported)  # the installed package: its own classes, no remote code
     assert type(pipe) is CXRPipeline and type(pipe.unet).__module__ == "cxr_diffusers.models.unet_cxr"
+    pipe.set_progress_bar_config(disable=True)
     local = generate(pipe)
-    assert remote.shape == local.shape == (1, 64, 64, 1) and local.std() > 0
-    # the same function and weights; another process may sum in another order (thread count), so not bit-exact
-    np.testing.assert_allclose(remote, local, rtol=0, atol=1e-5)
+    assert local.shape == (1, 64, 64, 1) and local.std() > 0
+    assert np.array_equal(generate(CXRPipeline.from_pretrained(resaved)), local)
+    for name in ("alone", "custom_pipeline", "snapshot", "resaved"):
+        remote = np.load(tmp_path / f"{name}.npy")
+        assert remote.shape == local.shape, name
+        # the same function and weights; another process may sum in another order (thread count), so not bit-exact
+        np.testing.assert_allclose(remote, local, rtol=0, atol=1e-5, err_msg=name)
 
 
 def test_remote_code_uses_the_installed_package_where_there_is_one(exported, tmp_path, monkeypatch):
@@ -97,31 +135,54 @@ def test_remote_code_uses_the_installed_package_where_there_is_one(exported, tmp
 
     monkeypatch.setattr(dynamic_modules_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
     monkeypatch.setattr(sys, "path", list(sys.path))  # diffusers appends its module cache
+    with pytest.raises(ValueError, match="trust_remote_code=True"):  # was: module diffusers has no attribute ...
+        DiffusionPipeline.from_pretrained(exported)
     try:
-        pipe = DiffusionPipeline.from_pretrained(exported, custom_pipeline=str(exported), trust_remote_code=True)
+        for kwargs in ({}, {"custom_pipeline": str(exported)}):
+            pipe = DiffusionPipeline.from_pretrained(exported, trust_remote_code=True, **kwargs)
+            assert type(pipe) is CXRPipeline and type(pipe.unet).__module__ == "cxr_diffusers.models.unet_cxr", kwargs
     finally:  # diffusers imported the shipped copies as diffusers_modules.*
         for name in [m for m in sys.modules if m.startswith("diffusers_modules")]:
             del sys.modules[name]
+
+
+def test_the_package_loads_the_export_without_running_its_code(exported, monkeypatch):
+    from diffusers.pipelines import pipeline_loading_utils
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"ran shipped code: {args} {kwargs}")
+
+    monkeypatch.setattr(pipeline_loading_utils, "get_class_from_dynamic_module", refuse)
+    pipe = CXRPipeline.from_pretrained(exported)  # no trust_remote_code needed
     assert type(pipe) is CXRPipeline and type(pipe.unet).__module__ == "cxr_diffusers.models.unet_cxr"
 
 
-def test_export_keeps_model_index_and_ships_the_package_sources(exported, tmp_path):
+def test_export_names_its_pipeline_file_and_ships_the_package_sources(exported, tmp_path):
     index = json.loads((exported / "model_index.json").read_text())
-    assert index["_class_name"] == "CXRPipeline"
+    assert index["_class_name"] == ["pipeline", "CXRPipeline"]  # diffusers' custom pipeline: pipeline.py, its class
+    assert (exported / f"{index['_class_name'][0]}.py").is_file() and ENTRY_POINT == "pipeline.py"
     assert index["unet"] == ["cxr_diffusers.models.unet_cxr", "CXRUNet2DConditionModel"]  # the public module paths
     assert index["vae"] == ["cxr_diffusers.models.autoencoder_cxr", "CXRAutoencoderKL"]
     assert index["text_encoder"] == ["cxr_diffusers.models.text_encoder_cxr", "CXRTextEncoder"]
     package = Path(cxr_diffusers.__file__).parent
     shipped = sorted(p.relative_to(exported).as_posix() for p in exported.rglob("*.py"))
     assert ENTRY_POINT in shipped and "pipelines/pipeline_cxr.py" in shipped and "models/unet_cxr.py" in shipped
+    assert "remote_code.py" in shipped  # the remote-loaded pipeline's save_pretrained ships the code again
     for name in shipped:
         if name != ENTRY_POINT:  # the package's own files, unchanged
             assert (exported / name).read_bytes() == (package / name).read_bytes(), name
     assert not [p for p in exported.glob("*/*.py") if p.parent.name in index]  # nothing in component folders
 
+    again = tmp_path / "again"  # writing the code into an export again changes nothing
+    shutil.copytree(exported, again)
+    write_remote_code(again)
+    assert (again / "model_index.json").read_text() == (exported / "model_index.json").read_text()
+    assert (again / ENTRY_POINT).read_text() == (exported / ENTRY_POINT).read_text()
+
     result = export("--pipeline", exported, "--output_dir", tmp_path / "plain", "--no-remote_code")
     assert result.returncode == 0, result.stderr
     assert not list((tmp_path / "plain").rglob("*.py"))
+    assert json.loads((tmp_path / "plain" / "model_index.json").read_text())["_class_name"] == "CXRPipeline"
 
 
 def test_remote_code_refuses_imports_it_cannot_ship(tmp_path, monkeypatch):

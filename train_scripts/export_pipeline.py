@@ -7,9 +7,10 @@ to fp16 safetensors, and write it in Hub repo layout.
 
 fp16 halves the download; `CXRPipeline.from_pretrained` loads it back in fp32 on the CPU (pass `torch_dtype` to
 keep fp16 on a GPU). The export also ships the pipeline's code (`pipeline.py` and the package modules it needs, see
-`cxr_diffusers.remote_code`), so that diffusers alone loads it where cxr-diffusers is not installed:
-`DiffusionPipeline.from_pretrained(folder, custom_pipeline=folder, trust_remote_code=True)`; `--no-remote_code`
-leaves it out. `CXRPipeline.from_pretrained` never runs that code.
+`cxr_diffusers.remote_code`) and names it in model_index.json (`"_class_name": ["pipeline", "CXRPipeline"]`, diffusers'
+custom pipeline), so that diffusers alone loads it where cxr-diffusers is not installed:
+`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`; `--no-remote_code` leaves it out (and keeps
+`"_class_name": "CXRPipeline"`). `CXRPipeline.from_pretrained` never runs that code.
 
 A non-empty `--output_dir` is replaced only with `--overwrite`, never when it is (or contains) the pipeline or VAE being
 exported, and only once the new folder is complete.

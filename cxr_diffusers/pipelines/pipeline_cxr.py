@@ -163,7 +163,50 @@ class CXRPipeline(DiffusionPipeline):
         except CXRInputError:
             raise
         except (OSError, ValueError, EnvironmentError, RuntimeError, KeyError, TypeError) as err:
-            raise load_failure(path, err, "CXRPipeline") from err
+            raise load_failure(path, err, "CXRPipeline", cache_dir=kwargs.get("cache_dir")) from err
+
+    @classmethod
+    def download(cls, pretrained_model_name: str, **kwargs) -> str:
+        """
+        The local snapshot of the Hub repo `pretrained_model_name` (from the Hub cache when offline): its files but
+        pickled weights, which are never loaded. Replaces diffusers' `download`, which refuses this pipeline's
+        components wherever it knows the repo's file list (online, or offline from the tree listing an earlier
+        download cached): their library is a `cxr_diffusers.models.*` module, not diffusers, transformers or a
+        `<component>/<library>.py` file of the repo (`_get_custom_components_and_folders`).
+        """
+        from ..hub import download_snapshot
+
+        return download_snapshot(
+            pretrained_model_name,
+            **{k: kwargs[k] for k in ("cache_dir", "revision", "token", "force_download", "local_files_only") if k in kwargs},
+        )
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict[str, Any]:
+        """
+        model_index.json as diffusers reads it, but an export's `_class_name` `["pipeline", "CXRPipeline"]` (diffusers'
+        custom pipeline: it makes `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` run the shipped
+        `pipeline.py`, see `cxr_diffusers.remote_code`) is read as this class's name, so that `CXRPipeline.from_pretrained`
+        loads the folder with this package's classes and never runs the shipped code.
+        """
+        config = super()._dict_from_json_file(json_file)
+        name = config.get("_class_name")
+        if isinstance(name, (list, tuple)) and len(name) == 2 and name[1] == cls.__name__:
+            config["_class_name"] = cls.__name__
+        return config
+
+    def save_config(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:
+        """
+        diffusers' `save_config` (the last step of `save_pretrained`, before any upload). Where this class is the code
+        shipped with an export, which diffusers loaded with `trust_remote_code=True` (cxr-diffusers not installed), the
+        code is shipped again and model_index.json keeps the export's layout (see `cxr_diffusers.remote_code`), so the
+        saved folder loads as the export did.
+        """
+        super().save_config(save_directory, push_to_hub=push_to_hub, **kwargs)
+        if __name__.split(".")[0] != "cxr_diffusers":
+            from ..remote_code import write_remote_code
+
+            write_remote_code(save_directory, type(self))
 
     # ------------------------------------------------------------------ properties
     @property
@@ -598,7 +641,9 @@ class CXRPipeline(DiffusionPipeline):
         num_images_per_prompt = int(num_images_per_prompt)
         height, width = int(height), int(width)
         guidance_rescale = float(guidance_rescale)
-        enhancer = self._resolve_enhancement(enhancement)
+        from ..enhancement import resolve_enhancement  # lazy: the enhancement module is optional post-processing
+
+        enhancer = resolve_enhancement(enhancement)
         if prompt is not None:
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
             prompts_seen = self.prompts_as_seen(prompts)
@@ -707,22 +752,6 @@ class CXRPipeline(DiffusionPipeline):
         )
 
     # ------------------------------------------------------------------ post-processing
-    @staticmethod
-    def _resolve_enhancement(enhancement):
-        if enhancement is None:
-            return None
-        from ..enhancement import EnhancementPipeline
-
-        if isinstance(enhancement, EnhancementPipeline):
-            return enhancement
-        if isinstance(enhancement, str):
-            return EnhancementPipeline.from_preset(enhancement)
-        if isinstance(enhancement, (dict, list, tuple)):
-            return EnhancementPipeline.from_dict(enhancement) if isinstance(enhancement, dict) else EnhancementPipeline(enhancement)
-        raise CXRInputError(
-            f"enhancement must be a preset name, a dict of steps or an EnhancementPipeline, got {type(enhancement).__name__}."
-        )
-
     @staticmethod
     def _apply_enhancement(images: torch.Tensor, enhancer) -> torch.Tensor:
         """Enhance `(B, 1, H, W)` images in [0, 1] through 16-bit integers (no visible quantisation)."""
