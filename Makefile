@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROMPT ?= PA chest radiograph of an adult. No acute cardiopulmonary abnormality.
 APP_ARGS ?=
 
-.PHONY: install test wheel-smoke demo bench app clean-venv
+.PHONY: install test check-copies wheel-smoke demo bench app clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,14 @@ $(STAMP): setup.cfg pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# The marked copies of shared blocks in train_scripts/ (`# Copied from train_scripts/train_ldm.py:NAME`) must match
+# their source (standard library only, no install needed); `$(PYTHON) scripts/check_copies.py --fix` rewrites them.
+check-copies:
+	$(PYTHON) scripts/check_copies.py
+
 # The browser test drives Debian's chromium with the playwright pip package (never `playwright install`); it is
 # skipped where chromium cannot be installed.
-test: install
+test: install check-copies
 	command -v chromium >/dev/null || (command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq chromium) || true
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -q --durations=15 tests
 

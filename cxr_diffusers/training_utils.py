@@ -244,6 +244,47 @@ def prune_checkpoints(output_dir: str, total_limit: int | None) -> None:
         shutil.rmtree(old)
 
 
+def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total_limit: int | None) -> Path:
+    """`accelerator.save_state` into `<output_dir>/checkpoint-<step>`, after deleting the oldest checkpoints so that at
+    most `total_limit` remain (call it on the main process)."""
+    prune_checkpoints(str(output_dir), total_limit)
+    path = Path(output_dir) / f"checkpoint-{step}"
+    accelerator.save_state(str(path))
+    return path
+
+
+def training_steps(num_batches: int, gradient_accumulation_steps: int, max_train_steps: int | None,
+                   num_train_epochs: int) -> tuple[int, int, int]:
+    """
+    `(updates_per_epoch, max_train_steps, num_epochs)` for a loader of `num_batches` batches per epoch, as diffusers'
+    examples compute them: an optimiser update every `gradient_accumulation_steps` batches, `max_train_steps` updates
+    in all (default: `num_train_epochs` epochs), and the epochs that takes (the last one may stop part way).
+    """
+    updates_per_epoch = math.ceil(num_batches / gradient_accumulation_steps)
+    if max_train_steps is None:
+        max_train_steps = num_train_epochs * updates_per_epoch
+    return updates_per_epoch, max_train_steps, math.ceil(max_train_steps / updates_per_epoch)
+
+
+def resume_training(accelerator, output_dir: str | os.PathLike, resume_from_checkpoint: str | None,
+                    updates_per_epoch: int, gradient_accumulation_steps: int) -> tuple[int, int, int]:
+    """
+    `(global_step, first_epoch, skip_batches)` to start the loop from: `(0, 0, 0)` for a fresh run (also for
+    `--resume_from_checkpoint latest` when there is no checkpoint yet), else the state of the checkpoint (`latest`,
+    a folder name in `output_dir`, or a path) is loaded and the loop continues at its step: in the epoch it was
+    saved in, after the batches that epoch had already used (so the data order is exactly that of an uninterrupted run).
+    """
+    checkpoint = resolve_resume_checkpoint(str(output_dir), resume_from_checkpoint)
+    if checkpoint is None:
+        return 0, 0, 0
+    accelerator.print(f"Resuming from {checkpoint}")
+    load_checkpoint(accelerator, checkpoint)
+    global_step = checkpoint_step(checkpoint)
+    first_epoch = global_step // updates_per_epoch
+    skip_batches = (global_step % updates_per_epoch) * gradient_accumulation_steps
+    return global_step, first_epoch, skip_batches
+
+
 def register_diffusers_checkpoint_hooks(accelerator, models: dict[str, Any], ema_models: dict[str, Any] | None = None):
     """
     Make `accelerator.save_state` write each model with `save_pretrained` (diffusers format, safetensors) into

@@ -84,7 +84,10 @@ def test_resume_is_exact(ddpm_script, xray_dataset, tmp_path):  # noqa: F811
     (["--learning_rate", "-1"], "--learning_rate must be positive"),
     (["--resolution", "33"], "--resolution must be a multiple of 2"),
     (["--model_config", "huge"], "--model_config 'huge' is not one of tiny, small, base"),
-    (["--validation_inference_steps", "0"], "--validation_inference_steps must be positive"),
+    (["--ddpm_num_inference_steps", "0"], "--ddpm_num_inference_steps must be positive"),
+    (["--ddpm_num_inference_steps", "1001"], "--ddpm_num_inference_steps cannot exceed --ddpm_num_steps (1000)"),
+    (["--validation_inference_steps", "2"], "unrecognized arguments: --validation_inference_steps"),  # renamed
+    (["--dataloader_num_workers", "-1"], "--dataloader_num_workers must be 0 or more"),
     (["--prediction_type", "noise"], "invalid choice: 'noise'"),
     (["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
 ])

@@ -8,7 +8,6 @@ import importlib.util
 import json
 import shutil
 import sys
-from pathlib import Path
 
 import datasets
 import numpy as np
@@ -159,6 +158,96 @@ def test_bad_flags_exit_with_one_line(xray_dataset, capsys):
     with pytest.raises(SystemExit):
         ldm.main(["--config", TINY, "--train_data_dir", xray_dataset])
     assert "--pretrained_vae_model_name_or_path" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- standard flags
+class StopBeforeTraining(Exception):
+    pass
+
+
+def built_for_training(script_name, argv, monkeypatch):
+    """Run a script's `main(argv)` up to the learning-rate scheduler (no training step) and return its models (as given
+    to the checkpoint hooks), its optimizer and its training DataLoader."""
+    script = load_script(script_name)
+    built = {"loaders": []}
+    register = script.register_diffusers_checkpoint_hooks
+
+    def record_models(accelerator, models, ema_models=None):
+        built["models"] = models
+        return register(accelerator, models, ema_models)
+
+    def stop(name, optimizer, **kwargs):
+        built["optimizer"] = optimizer
+        raise StopBeforeTraining
+
+    class RecordedDataLoader(torch.utils.data.DataLoader):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built["loaders"].append(self)
+
+    monkeypatch.setattr(script, "register_diffusers_checkpoint_hooks", record_models)
+    monkeypatch.setattr(script, "get_scheduler", stop)
+    monkeypatch.setattr(torch.utils.data, "DataLoader", RecordedDataLoader)
+    with pytest.raises(StopBeforeTraining):
+        script.main(argv)
+    return built
+
+
+STANDARD_FLAGS = ["--gradient_checkpointing", "--allow_tf32", "--adam_beta1", "0.8", "--adam_beta2", "0.95",
+                  "--adam_weight_decay", "0.03", "--adam_epsilon", "1e-6", "--dataloader_num_workers", "2"]
+# What each script used before the flags existed (torch's AdamW betas and eps), which the defaults keep.
+DEFAULT_WEIGHT_DECAY = {"train_vae": 0.0, "train_ddpm": 1e-6, "train_ldm": 1e-2}
+MODEL = {"train_vae": "vae", "train_ddpm": "unet", "train_ldm": "unet"}
+
+
+@pytest.fixture
+def no_tf32():
+    """TF32 off before the test and restored after it (a process-wide torch setting; monkeypatch cannot patch it)."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = before
+
+
+@pytest.mark.parametrize("script_name", ["train_vae", "train_ddpm", "train_ldm"])
+def test_standard_training_flags_reach_the_optimizer_model_and_loader(script_name, tiny_vae, xray_dataset, tmp_path,
+                                                                      monkeypatch, no_tf32):
+    argv = ["--config", TINY, "--train_data_dir", xray_dataset, "--output_dir", str(tmp_path)]
+    if script_name == "train_ldm":
+        argv += ["--pretrained_vae_model_name_or_path", str(tiny_vae / "vae")]
+    built = built_for_training(script_name, [*argv, *STANDARD_FLAGS], monkeypatch)
+    group = built["optimizer"].param_groups[0]
+    assert group["betas"] == (0.8, 0.95) and group["weight_decay"] == 0.03 and group["eps"] == 1e-6
+    assert built["models"][MODEL[script_name]].is_gradient_checkpointing
+    assert torch.backends.cuda.matmul.allow_tf32
+    assert [loader.num_workers for loader in built["loaders"]] == [2]  # built, never iterated: no workers start
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    defaults = built_for_training(script_name, [*argv, "--output_dir", str(tmp_path / "defaults")], monkeypatch)
+    group = defaults["optimizer"].param_groups[0]
+    assert group["betas"] == (0.9, 0.999) and group["eps"] == 1e-8
+    assert group["weight_decay"] == DEFAULT_WEIGHT_DECAY[script_name]
+    assert not defaults["models"][MODEL[script_name]].is_gradient_checkpointing
+    assert not torch.backends.cuda.matmul.allow_tf32
+    assert [loader.num_workers for loader in defaults["loaders"]] == [0]
+
+
+@pytest.mark.parametrize("script_name", ["train_vae", "train_ddpm"])
+def test_gradient_checkpointing_trains_to_the_same_weights(script_name, xray_dataset, tmp_path):
+    """Recomputing the activations in the backward pass changes memory, not the result (for the VAE also with the
+    discriminator, whose adaptive weight differentiates through the decoder)."""
+    extra = ["--disc_weight", "0.5", "--disc_start", "0", "--scaling_factor_samples", "1"] \
+        if script_name == "train_vae" else []
+    argv = ["--config", TINY, "--train_data_dir", xray_dataset, "--max_train_steps", "2", "--validation_steps", "100",
+            "--checkpointing_steps", "100", "--num_validation_images", "1", *extra]
+    final = "vae" if script_name == "train_vae" else "pipeline/unet"
+    weights = []
+    for name, flags in (("plain", []), ("checkpointed", ["--gradient_checkpointing"])):
+        load_script(script_name).main([*argv, *flags, "--output_dir", str(tmp_path / name)])
+        weights.append(load_file(tmp_path / name / final / "diffusion_pytorch_model.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        torch.testing.assert_close(weights[0][key], weights[1][key], rtol=1e-4, atol=1e-5, msg=key)
 
 
 def test_config_file_rejects_unknown_keys(tmp_path, xray_dataset, capsys):

@@ -7,8 +7,10 @@
 The seed's pixel-space baseline: no VAE, no text. A one-channel `UNet2DModel` (sinusoidal time embedding) learns to
 denoise `--resolution` images in [-1, 1] under the linear beta schedule of Ho et al. (2020). No flips: a chest
 radiograph has a left and a right. Validation grids (`samples/step-*.png`) are sampled with DDIM in
-`--validation_inference_steps` steps from a fixed generator, so grids at different steps are comparable. Ends with
+`--ddpm_num_inference_steps` steps from a fixed generator, so grids at different steps are comparable. Ends with
 a `diffusers.DDPMPipeline` (EMA weights) in `<output_dir>/pipeline` that `DDPMPipeline.from_pretrained` loads.
+The noise-schedule and sampling flags have the names of diffusers' `examples/unconditional_image_generation/
+train_unconditional.py` (`--ddpm_num_steps`, `--ddpm_beta_schedule`, `--ddpm_num_inference_steps`).
 """
 
 from __future__ import annotations
@@ -34,27 +36,27 @@ from tqdm.auto import tqdm
 from cxr_diffusers.configs import MODEL_CONFIGS, get_model_config
 from cxr_diffusers.hub import DATA_CITATIONS, create_hub_repo, load_pretrained, push_folder, save_model_card
 from cxr_diffusers.training_utils import (
-    ema_weights,
-    select_train_subset,
-    load_checkpoint,
-    run_script,
     JsonlLogger,
     apply_config_file,
     check_output_dirs,
     check_positive,
-    checkpoint_step,
     collate_images,
+    ema_weights,
     image_to_tensor,
     load_training_dataset,
     make_transform,
-    prune_checkpoints,
     register_diffusers_checkpoint_hooks,
-    resolve_resume_checkpoint,
+    resume_training,
+    run_script,
+    save_checkpoint,
     save_loss_plot,
+    select_train_subset,
+    training_steps,
 )
 from cxr_diffusers.utils.image_grid import make_grid
 
 logger = get_logger(__name__)
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -71,38 +73,51 @@ def parse_args(argv=None):
     parser.add_argument("--ddpm_num_steps", type=int, default=1000, help="diffusion timesteps of the noise schedule")
     parser.add_argument("--ddpm_beta_schedule", default="linear",
                         choices=["linear", "scaled_linear", "squaredcos_cap_v2"])
+    parser.add_argument("--ddpm_num_inference_steps", type=int, default=50,
+                        help="DDIM steps of the validation sample grids")
+    parser.add_argument("--num_validation_images", type=int, default=16, help="images in each sample grid")
+    # Training flags whose defaults are this script's own
     parser.add_argument("--train_batch_size", type=int, default=16)
-    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
     parser.add_argument("--adam_weight_decay", type=float, default=1e-6)
+    parser.add_argument("--lr_warmup_steps", type=int, default=500)
+    parser.add_argument("--ema_decay", type=float, default=0.9999)
+    parser.add_argument("--dataloader_num_workers", type=int, default=0)
+    # The standard training flags of diffusers' examples, the same in train_vae.py and train_ldm.py
+    # Copied from train_scripts/train_ldm.py:training_flags
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    parser.add_argument("--adam_beta1", type=float, default=0.9)
+    parser.add_argument("--adam_beta2", type=float, default=0.999)
+    parser.add_argument("--adam_epsilon", type=float, default=1e-8)
+    parser.add_argument("--gradient_checkpointing", action="store_true",
+                        help="recompute the model's block activations in the backward pass (less memory, slower)")
+    parser.add_argument("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere+ GPUs (faster, no effect on CPU)")
     parser.add_argument("--max_grad_norm", type=float, default=1.0)
     parser.add_argument("--lr_scheduler", default="cosine",
                         choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                                  "constant_with_warmup"])
-    parser.add_argument("--lr_warmup_steps", type=int, default=500)
     parser.add_argument("--max_train_steps", type=int, default=None)
     parser.add_argument("--num_train_epochs", type=int, default=1)
     parser.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
     parser.add_argument("--use_ema", action="store_true")
-    parser.add_argument("--ema_decay", type=float, default=0.9999)
     parser.add_argument("--checkpointing_steps", type=int, default=500)
     parser.add_argument("--checkpoints_total_limit", type=int, default=3)
     parser.add_argument("--resume_from_checkpoint", default=None, help='"latest" or a checkpoint folder')
     parser.add_argument("--validation_steps", type=int, default=500)
-    parser.add_argument("--validation_inference_steps", type=int, default=50, help="DDIM steps for sample grids")
-    parser.add_argument("--num_validation_images", type=int, default=16, help="images in each sample grid")
     parser.add_argument("--logging_steps", type=int, default=10)
+    # End copy
     parser.add_argument("--output_dir", default="runs/ddpm")
+    # Copied from train_scripts/train_ldm.py:logging_and_hub_flags
     parser.add_argument("--logging_dir", default="logs")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dataloader_num_workers", type=int, default=0)
     parser.add_argument("--report_to", default="tensorboard", help='"tensorboard", "none", ...')
     parser.add_argument("--push_to_hub", action="store_true")
     parser.add_argument("--hub_model_id", default=None)
     parser.add_argument("--hub_token", default=None, help="Hub token for --push_to_hub (default: the saved login)")
+    # End copy
     args = apply_config_file(parser, argv, section="ddpm")
     check_positive(parser, args, "resolution", "train_batch_size", "learning_rate", "gradient_accumulation_steps",
-                   "checkpointing_steps", "validation_steps", "max_train_steps", "validation_inference_steps",
+                   "checkpointing_steps", "validation_steps", "max_train_steps", "ddpm_num_inference_steps",
                    "num_validation_images", "ddpm_num_steps", "num_train_epochs")
     if args.lr_warmup_steps < 0:
         parser.error(f"--lr_warmup_steps cannot be negative, got {args.lr_warmup_steps}")
@@ -114,13 +129,17 @@ def parse_args(argv=None):
         factor = 2 ** (len(MODEL_CONFIGS[args.model_config]["ddpm"]["block_out_channels"]) - 1)
         if args.resolution % factor:
             parser.error(f"--resolution must be a multiple of {factor} (the {args.model_config} UNet's downsampling)")
-    if args.validation_inference_steps > args.ddpm_num_steps:
-        parser.error(f"--validation_inference_steps cannot exceed --ddpm_num_steps ({args.ddpm_num_steps})")
+    if args.ddpm_num_inference_steps > args.ddpm_num_steps:
+        parser.error(f"--ddpm_num_inference_steps cannot exceed --ddpm_num_steps ({args.ddpm_num_steps})")
+    # Copied from train_scripts/train_ldm.py:common_flag_checks
+    if args.dataloader_num_workers < 0:
+        parser.error(f"--dataloader_num_workers must be 0 or more, got {args.dataloader_num_workers}")
     if args.train_data_dir is None and args.dataset_name is None:
         parser.error("give --train_data_dir or --dataset_name")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
     check_output_dirs(parser, args, "output_dir")
+    # End copy
     return args
 
 
@@ -138,7 +157,7 @@ def generate_validation(unet, noise_scheduler, args) -> list:
     pipe.set_progress_bar_config(disable=True)
     was_training = unet.training
     unet.eval()
-    images = pipe(batch_size=args.num_validation_images, num_inference_steps=args.validation_inference_steps,
+    images = pipe(batch_size=args.num_validation_images, num_inference_steps=args.ddpm_num_inference_steps,
                   generator=torch.Generator().manual_seed(args.seed)).images
     unet.train(was_training)
     return images
@@ -147,6 +166,7 @@ def generate_validation(unet, noise_scheduler, args) -> list:
 def main(argv=None):
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
+    # Copied from train_scripts/train_ldm.py:accelerator
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -154,17 +174,24 @@ def main(argv=None):
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    # End copy
+    # Copied from train_scripts/train_ldm.py:script_setup
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
     create_hub_repo(args)  # main process: a bad token or no network fails now, not after the training
     if accelerator.is_main_process:
         (output_dir / "samples").mkdir(parents=True, exist_ok=True)
+    # End copy
 
     # Model and noise schedule
     unet = build_unet(args)
     unet.train()
     noise_scheduler = DDPMScheduler(num_train_timesteps=args.ddpm_num_steps, beta_schedule=args.ddpm_beta_schedule,
                                     prediction_type=args.prediction_type)
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    if args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
     ema = EMAModel(unet.parameters(), decay=args.ema_decay, model_cls=UNet2DModel, model_config=unet.config) \
         if args.use_ema else None
     register_diffusers_checkpoint_hooks(accelerator, {"unet": unet}, {"unet_ema": ema} if ema else None)
@@ -178,37 +205,35 @@ def main(argv=None):
         return {"pixel_values": image_to_tensor(example["image"], resolution)}
 
     train_set = train_set.with_transform(make_transform(to_pixels), columns=["image"])
+    # <copy-source: image_loader>
     loader = torch.utils.data.DataLoader(
         train_set, batch_size=args.train_batch_size, shuffle=True, collate_fn=collate_images,
         num_workers=args.dataloader_num_workers, drop_last=len(train_set) >= args.train_batch_size,
         generator=torch.Generator().manual_seed(args.seed),  # keeps the global RNG exact across resume
     )
+    # </copy-source>
 
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate, weight_decay=args.adam_weight_decay)
-    updates_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
-    if args.max_train_steps is None:
-        args.max_train_steps = args.num_train_epochs * updates_per_epoch
-    num_epochs = math.ceil(args.max_train_steps / updates_per_epoch)
+    trainable = list(unet.parameters())
+    # Copied from train_scripts/train_ldm.py:optimizer_and_lr_scheduler
+    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+    updates_per_epoch, args.max_train_steps, num_epochs = training_steps(
+        len(loader), args.gradient_accumulation_steps, args.max_train_steps, args.num_train_epochs)
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
                                  num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=args.max_train_steps * accelerator.num_processes)
+    # End copy
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
+    # Copied from train_scripts/train_ldm.py:trackers_and_resume with "train_ldm"->"train_ddpm"
     if ema:
         ema.to(accelerator.device)
     if accelerator.is_main_process and args.report_to != "none":
-        accelerator.init_trackers("train_ddpm", config={k: v for k, v in vars(args).items()
-                                                        if isinstance(v, (int, float, str, bool))})
+        tracker_config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers("train_ddpm", config=tracker_config)
     history = JsonlLogger(output_dir / "metrics.jsonl") if accelerator.is_main_process else None
-
-    # Resume
-    global_step, first_epoch, skip_batches = 0, 0, 0
-    checkpoint = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
-    if checkpoint is not None:
-        accelerator.print(f"Resuming from {checkpoint}")
-        load_checkpoint(accelerator, checkpoint)
-        global_step = checkpoint_step(checkpoint)
-        first_epoch = global_step // updates_per_epoch
-        skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
+    global_step, first_epoch, skip_batches = resume_training(
+        accelerator, args.output_dir, args.resume_from_checkpoint, updates_per_epoch, args.gradient_accumulation_steps)
+    # End copy
 
     raw_unet = accelerator.unwrap_model(unet)
     logger.info(f"{len(train_set)} training images, {args.max_train_steps} steps of {args.train_batch_size} "
@@ -216,12 +241,15 @@ def main(argv=None):
     progress = tqdm(range(args.max_train_steps), initial=global_step, desc="train_ddpm",
                     disable=not accelerator.is_local_main_process)
     start, last_logs = time.time(), {}
+    # Copied from train_scripts/train_ldm.py:epoch_loop
     for epoch in range(first_epoch, num_epochs):
-        if hasattr(loader, "set_epoch"):  # the seedable sampler's order is a function of (seed, epoch): exact resume
-            loader.set_epoch(epoch)
+        loader.set_epoch(epoch)  # the shuffle order depends only on (seed, epoch): exact across resume
         epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
         skip_batches = 0
         for batch in epoch_loader:
+            if global_step >= args.max_train_steps:  # resumed at (or past) the end: just finalise
+                break
+            # End copy
             with accelerator.accumulate(unet):
                 images = batch["pixel_values"]
                 noise = torch.randn_like(images)
@@ -236,25 +264,31 @@ def main(argv=None):
                 else:
                     target = images
                 loss = F.mse_loss(prediction.float(), target.float())
+                # Copied from train_scripts/train_ldm.py:optimizer_step
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+                    accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad()
+                # End copy
 
+            # Copied from train_scripts/train_ldm.py:end_of_step
             if not accelerator.sync_gradients:
                 continue
             if ema:
                 ema.step(unet.parameters())
             global_step += 1
             progress.update(1)
+            # End copy
+            # Copied from train_scripts/train_ldm.py:log_step
             last_logs = {"loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]}
             progress.set_postfix(loss=f"{last_logs['loss']:.4f}")
             if args.report_to != "none":
                 accelerator.log(last_logs, step=global_step)
             if accelerator.is_main_process and global_step % args.logging_steps == 0:
                 history.log(global_step, **last_logs)
+            # End copy
 
             if accelerator.is_main_process and global_step % args.validation_steps == 0:
                 with ema_weights(ema, raw_unet):
@@ -262,15 +296,16 @@ def main(argv=None):
                 make_grid(samples, cols=math.ceil(math.sqrt(len(samples)))).save(
                     output_dir / "samples" / f"step-{global_step:06d}.png")
                 save_loss_plot({"loss": history.history.get("loss", [])}, output_dir / "loss.png", "DDPM loss")
+            # Copied from train_scripts/train_ldm.py:checkpoint_and_stop
             if global_step % args.checkpointing_steps == 0 and accelerator.is_main_process:
-                prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
-                accelerator.save_state(str(output_dir / f"checkpoint-{global_step}"))
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
             if global_step >= args.max_train_steps:
                 break
         if global_step >= args.max_train_steps:
             break
     progress.close()
     accelerator.wait_for_everyone()
+    # End copy
 
     # Final pipeline: EMA weights, the training scheduler (DDPM); samples, loss curve, summary, card
     if accelerator.is_main_process:

@@ -23,7 +23,6 @@ import argparse
 import hashlib
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -51,19 +50,20 @@ from cxr_diffusers.hub import DATA_CITATIONS, create_hub_repo, load_pretrained, 
 from cxr_diffusers.models import offline_bert_path
 from cxr_diffusers.schedulers import default_scheduler, training_schedule
 from cxr_diffusers.training_utils import (
-    load_checkpoint,
-    run_script,
     JsonlLogger,
     apply_config_file,
     check_output_dirs,
     check_positive,
-    checkpoint_step,
+    ema_weights,
     image_to_tensor,
     load_training_dataset,
-    prune_checkpoints,
     register_diffusers_checkpoint_hooks,
-    resolve_resume_checkpoint,
+    resume_training,
+    run_script,
+    save_checkpoint,
     save_loss_plot,
+    select_train_subset,
+    training_steps,
 )
 from cxr_diffusers.utils.image_grid import make_grid
 
@@ -113,36 +113,40 @@ def parse_args(argv=None):
                              "change the mean brightness); not with --zero_terminal_snr, which fixes the same flaw at "
                              "its cause: the last timestep is already pure noise, and an offset would make the "
                              "training noise differ from the N(0, I) that sampling starts from")
+    # Training flags whose defaults are this script's own
     parser.add_argument("--train_batch_size", type=int, default=16)
-    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--learning_rate", type=float, default=2e-4)
-    parser.add_argument("--adam_beta1", type=float, default=0.9)
-    parser.add_argument("--adam_beta2", type=float, default=0.999)
     parser.add_argument("--adam_weight_decay", type=float, default=1e-2)
-    parser.add_argument("--adam_epsilon", type=float, default=1e-8)
-    parser.add_argument("--gradient_checkpointing", action="store_true",
-                        help="recompute the UNet's block activations in the backward pass (less memory, slower)")
-    parser.add_argument("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere+ GPUs (faster, no effect on CPU)")
+    parser.add_argument("--lr_warmup_steps", type=int, default=200)
+    parser.add_argument("--ema_decay", type=float, default=0.999)
     parser.add_argument("--dataloader_num_workers", type=int, default=0,
                         help="workers of the (index) loader; the latents are cached in memory, so 0 is usually best")
+    # The standard training flags of diffusers' examples, the same in train_vae.py and train_ddpm.py
+    # <copy-source: training_flags>
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    parser.add_argument("--adam_beta1", type=float, default=0.9)
+    parser.add_argument("--adam_beta2", type=float, default=0.999)
+    parser.add_argument("--adam_epsilon", type=float, default=1e-8)
+    parser.add_argument("--gradient_checkpointing", action="store_true",
+                        help="recompute the model's block activations in the backward pass (less memory, slower)")
+    parser.add_argument("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere+ GPUs (faster, no effect on CPU)")
     parser.add_argument("--max_grad_norm", type=float, default=1.0)
     parser.add_argument("--lr_scheduler", default="cosine",
                         choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                                  "constant_with_warmup"])
-    parser.add_argument("--lr_warmup_steps", type=int, default=200)
     parser.add_argument("--max_train_steps", type=int, default=None)
     parser.add_argument("--num_train_epochs", type=int, default=1)
     parser.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
     parser.add_argument("--use_ema", action="store_true")
-    parser.add_argument("--ema_decay", type=float, default=0.999)
     parser.add_argument("--checkpointing_steps", type=int, default=500)
     parser.add_argument("--checkpoints_total_limit", type=int, default=3)
     parser.add_argument("--resume_from_checkpoint", default=None, help='"latest" or a checkpoint folder')
-    parser.add_argument("--validation_prompts", nargs="+", default=None)
     parser.add_argument("--validation_steps", type=int, default=500)
+    parser.add_argument("--logging_steps", type=int, default=10)
+    # </copy-source>
+    parser.add_argument("--validation_prompts", nargs="+", default=None)
     parser.add_argument("--validation_inference_steps", type=int, default=25)
     parser.add_argument("--validation_guidance_scale", type=float, default=4.0)
-    parser.add_argument("--logging_steps", type=int, default=10)
     parser.add_argument("--encode_batch_size", type=int, default=16)
     parser.add_argument("--latents_cache_dir", default=None,
                         help="keep the encoded training latents here, one file per (dataset fingerprint, VAE encoder, "
@@ -150,12 +154,14 @@ def parse_args(argv=None):
     parser.add_argument("--latents_cache_dtype", default="float32", choices=["float32", "float16"],
                         help="dtype of the cached posterior moments (float16 halves memory and disk)")
     parser.add_argument("--output_dir", default="runs/ldm")
+    # <copy-source: logging_and_hub_flags>
     parser.add_argument("--logging_dir", default="logs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report_to", default="tensorboard", help='"tensorboard", "none", ...')
     parser.add_argument("--push_to_hub", action="store_true")
     parser.add_argument("--hub_model_id", default=None)
     parser.add_argument("--hub_token", default=None, help="Hub token for --push_to_hub (default: the saved login)")
+    # </copy-source>
     args = apply_config_file(parser, argv, section="ldm")
     check_positive(parser, args, "resolution", "train_batch_size", "learning_rate", "gradient_accumulation_steps",
                    "checkpointing_steps", "validation_steps", "max_train_steps", "validation_inference_steps")
@@ -168,14 +174,8 @@ def parse_args(argv=None):
         parser.error("--noise_offset is not used with --zero_terminal_snr (the last timestep is already pure noise)")
     if args.snr_gamma is not None and args.snr_gamma <= 0:
         parser.error(f"--snr_gamma must be positive, got {args.snr_gamma}")
-    if args.dataloader_num_workers < 0:
-        parser.error(f"--dataloader_num_workers must be 0 or more, got {args.dataloader_num_workers}")
     if args.pretrained_vae_model_name_or_path is None and args.pretrained_model_name_or_path is None:
         parser.error("give --pretrained_vae_model_name_or_path (a trained VAE) or --pretrained_model_name_or_path")
-    if args.train_data_dir is None and args.dataset_name is None:
-        parser.error("give --train_data_dir or --dataset_name")
-    if args.push_to_hub and not args.hub_model_id:
-        parser.error("--push_to_hub needs --hub_model_id")
     args.validation_prompts = args.validation_prompts or DEFAULT_VALIDATION_PROMPTS
     if not args.pretrained_model_name_or_path and args.model_config in MODEL_CONFIGS:  # else the loaded model decides
         sizes = MODEL_CONFIGS[args.model_config]
@@ -183,7 +183,15 @@ def parse_args(argv=None):
         if args.resolution % factor:
             parser.error(f"--resolution must be a multiple of {factor} for the {args.model_config} model "
                          f"(VAE and UNet downsampling), got {args.resolution}")
+    # <copy-source: common_flag_checks>
+    if args.dataloader_num_workers < 0:
+        parser.error(f"--dataloader_num_workers must be 0 or more, got {args.dataloader_num_workers}")
+    if args.train_data_dir is None and args.dataset_name is None:
+        parser.error("give --train_data_dir or --dataset_name")
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id")
     check_output_dirs(parser, args, "output_dir")
+    # </copy-source>
     return args
 
 
@@ -366,6 +374,7 @@ def generate_validation(vae, text_encoder, tokenizer, unet, args, device) -> lis
 def main(argv=None):
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
+    # <copy-source: accelerator>
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -373,11 +382,14 @@ def main(argv=None):
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    # </copy-source>
+    # <copy-source: script_setup>
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
     create_hub_repo(args)  # main process: a bad token or no network fails now, not after the training
     if accelerator.is_main_process:
         (output_dir / "samples").mkdir(parents=True, exist_ok=True)
+    # </copy-source>
 
     # Models: frozen VAE, text encoder (projection + optional top layers), UNet
     vae, text_encoder, tokenizer, unet = build_components(args)
@@ -401,8 +413,7 @@ def main(argv=None):
 
     # Data: cached posterior moments + metadata rows for prompts
     dataset = load_training_dataset(args.train_data_dir, args.dataset_name, "train")
-    if args.max_train_samples:  # a seeded random subset (sources are concatenated in order)
-        dataset = dataset.shuffle(seed=args.seed).select(range(min(args.max_train_samples, len(dataset))))
+    dataset = select_train_subset(dataset, args.max_train_samples, args.seed)
     vae.to(accelerator.device)
     with accelerator.main_process_first():
         moments = cached_latent_moments(vae, dataset, args.resolution, args.encode_batch_size,
@@ -417,32 +428,27 @@ def main(argv=None):
                                          generator=torch.Generator().manual_seed(args.seed))
 
     trainable = [p for p in list(unet.parameters()) + list(text_encoder.parameters()) if p.requires_grad]
+    # <copy-source: optimizer_and_lr_scheduler>
     optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                   weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
-    updates_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
-    if args.max_train_steps is None:
-        args.max_train_steps = args.num_train_epochs * updates_per_epoch
-    num_epochs = math.ceil(args.max_train_steps / updates_per_epoch)
+    updates_per_epoch, args.max_train_steps, num_epochs = training_steps(
+        len(loader), args.gradient_accumulation_steps, args.max_train_steps, args.num_train_epochs)
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
                                  num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=args.max_train_steps * accelerator.num_processes)
+    # </copy-source>
     unet, text_encoder, optimizer, loader, lr_scheduler = accelerator.prepare(
         unet, text_encoder, optimizer, loader, lr_scheduler)
+    # <copy-source: trackers_and_resume>
     if ema:
         ema.to(accelerator.device)
     if accelerator.is_main_process and args.report_to != "none":
-        accelerator.init_trackers("train_ldm", config={k: v for k, v in vars(args).items()
-                                                       if isinstance(v, (int, float, str, bool))})
+        tracker_config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers("train_ldm", config=tracker_config)
     history = JsonlLogger(output_dir / "metrics.jsonl") if accelerator.is_main_process else None
-
-    global_step, first_epoch, skip_batches = 0, 0, 0
-    checkpoint = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
-    if checkpoint is not None:
-        accelerator.print(f"Resuming from {checkpoint}")
-        load_checkpoint(accelerator, checkpoint)
-        global_step = checkpoint_step(checkpoint)
-        first_epoch = global_step // updates_per_epoch
-        skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
+    global_step, first_epoch, skip_batches = resume_training(
+        accelerator, args.output_dir, args.resume_from_checkpoint, updates_per_epoch, args.gradient_accumulation_steps)
+    # </copy-source>
 
     raw_unet, raw_text = accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder)
     # The pipeline's own encode_prompt computes the training conditioning (tokenisation, truncation, mask), run on the
@@ -455,15 +461,17 @@ def main(argv=None):
                     disable=not accelerator.is_local_main_process)
     start, last_logs = time.time(), {}
     scaling = vae.config.scaling_factor
+    # <copy-source: epoch_loop>
     for epoch in range(first_epoch, num_epochs):
         loader.set_epoch(epoch)  # the shuffle order depends only on (seed, epoch): exact across resume
         epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
         skip_batches = 0
-        for indices in epoch_loader:
+        for batch in epoch_loader:
             if global_step >= args.max_train_steps:  # resumed at (or past) the end: just finalise
                 break
+            # </copy-source>
             with accelerator.accumulate(unet, text_encoder):
-                indices = indices.cpu()
+                indices = batch.cpu()  # a batch of dataset indices
                 posterior = DiagonalGaussianDistribution(moments[indices].to(accelerator.device, torch.float32))
                 latents = posterior.sample() * scaling
                 noise = torch.randn_like(latents)
@@ -485,44 +493,47 @@ def main(argv=None):
                     weights = min_snr_loss_weights(noise_scheduler, timesteps, args.snr_gamma, args.prediction_type)
                     per_example = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
                     loss = (per_example * weights).mean()
+                # <copy-source: optimizer_step>
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad()
+                # </copy-source>
 
+            # <copy-source: end_of_step>
             if not accelerator.sync_gradients:
                 continue
             if ema:
                 ema.step(unet.parameters())
             global_step += 1
             progress.update(1)
+            # </copy-source>
+            # <copy-source: log_step>
             last_logs = {"loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]}
             progress.set_postfix(loss=f"{last_logs['loss']:.4f}")
             if args.report_to != "none":
                 accelerator.log(last_logs, step=global_step)
             if accelerator.is_main_process and global_step % args.logging_steps == 0:
                 history.log(global_step, **last_logs)
+            # </copy-source>
 
             if accelerator.is_main_process and (global_step % args.validation_steps == 0):
-                if ema:
-                    ema.store(raw_unet.parameters())
-                    ema.copy_to(raw_unet.parameters())
-                images = generate_validation(vae, raw_text, tokenizer, raw_unet, args, accelerator.device)
-                if ema:
-                    ema.restore(raw_unet.parameters())
+                with ema_weights(ema, raw_unet):  # validate the weights that will be shipped
+                    images = generate_validation(vae, raw_text, tokenizer, raw_unet, args, accelerator.device)
                 make_grid(images, cols=len(images)).save(output_dir / "samples" / f"step-{global_step:06d}.png")
                 save_loss_plot({"loss": history.history.get("loss", [])}, output_dir / "loss.png", "LDM loss")
+            # <copy-source: checkpoint_and_stop>
             if global_step % args.checkpointing_steps == 0 and accelerator.is_main_process:
-                prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
-                accelerator.save_state(str(output_dir / f"checkpoint-{global_step}"))
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
             if global_step >= args.max_train_steps:
                 break
         if global_step >= args.max_train_steps:
             break
     progress.close()
     accelerator.wait_for_everyone()
+    # </copy-source>
 
     if accelerator.is_main_process:
         if ema:

@@ -19,13 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
-import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -44,25 +41,24 @@ from cxr_diffusers.losses import (
     hinge_discriminator_loss,
 )
 from cxr_diffusers.training_utils import (
-    ema_weights,
-    select_train_subset,
-    load_checkpoint,
-    run_script,
     JsonlLogger,
     apply_config_file,
     check_output_dirs,
     check_positive,
-    checkpoint_step,
     collate_images,
+    ema_weights,
     image_to_tensor,
     load_training_dataset,
     make_transform,
-    prune_checkpoints,
     random_crop,
-    vae_reconstruction_metrics,
     register_diffusers_checkpoint_hooks,
-    resolve_resume_checkpoint,
+    resume_training,
+    run_script,
+    save_checkpoint,
     save_loss_plot,
+    select_train_subset,
+    training_steps,
+    vae_reconstruction_metrics,
 )
 from cxr_diffusers.utils.image_grid import make_grid
 
@@ -82,17 +78,36 @@ def parse_args(argv=None):
                         help="full validation images for PSNR/SSIM (of the EMA weights when --use_ema)")
     parser.add_argument("--resolution", type=int, default=256, help="full image size")
     parser.add_argument("--crop_size", type=int, default=128, help="random crop size for training")
+    # Training flags whose defaults are this script's own
     parser.add_argument("--train_batch_size", type=int, default=8)
-    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--learning_rate", type=float, default=2e-4)
     parser.add_argument("--adam_weight_decay", type=float, default=0.0)
+    parser.add_argument("--lr_warmup_steps", type=int, default=100)
+    parser.add_argument("--ema_decay", type=float, default=0.999)
+    parser.add_argument("--dataloader_num_workers", type=int, default=0)
+    # The standard training flags of diffusers' examples, the same in train_ldm.py and train_ddpm.py
+    # Copied from train_scripts/train_ldm.py:training_flags
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    parser.add_argument("--adam_beta1", type=float, default=0.9)
+    parser.add_argument("--adam_beta2", type=float, default=0.999)
+    parser.add_argument("--adam_epsilon", type=float, default=1e-8)
+    parser.add_argument("--gradient_checkpointing", action="store_true",
+                        help="recompute the model's block activations in the backward pass (less memory, slower)")
+    parser.add_argument("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere+ GPUs (faster, no effect on CPU)")
     parser.add_argument("--max_grad_norm", type=float, default=1.0)
     parser.add_argument("--lr_scheduler", default="cosine",
                         choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                                  "constant_with_warmup"])
-    parser.add_argument("--lr_warmup_steps", type=int, default=100)
     parser.add_argument("--max_train_steps", type=int, default=None)
     parser.add_argument("--num_train_epochs", type=int, default=1)
+    parser.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--use_ema", action="store_true")
+    parser.add_argument("--checkpointing_steps", type=int, default=500)
+    parser.add_argument("--checkpoints_total_limit", type=int, default=3)
+    parser.add_argument("--resume_from_checkpoint", default=None, help='"latest" or a checkpoint folder')
+    parser.add_argument("--validation_steps", type=int, default=500)
+    parser.add_argument("--logging_steps", type=int, default=10)
+    # End copy
     parser.add_argument("--kl_weight", type=float, default=1e-4)
     parser.add_argument("--l1_weight", type=float, default=0.0, help="extra L1 reconstruction term")
     parser.add_argument("--edge_loss_weight", type=float, default=0.0, help="Sobel-gradient L1 term (sharpness)")
@@ -116,23 +131,16 @@ def parse_args(argv=None):
     parser.add_argument("--decoder_layers_per_block", type=int, default=None,
                         help="a deeper decoder: with --pretrained_model_name_or_path the added blocks start as the "
                              "identity (same reconstructions), then train (use with --train_decoder_only)")
-    parser.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
-    parser.add_argument("--use_ema", action="store_true")
-    parser.add_argument("--ema_decay", type=float, default=0.999)
-    parser.add_argument("--checkpointing_steps", type=int, default=500)
-    parser.add_argument("--checkpoints_total_limit", type=int, default=3)
-    parser.add_argument("--resume_from_checkpoint", default=None, help='"latest" or a checkpoint folder')
-    parser.add_argument("--validation_steps", type=int, default=500)
-    parser.add_argument("--logging_steps", type=int, default=10)
     parser.add_argument("--scaling_factor_samples", type=int, default=256, help="images used for scaling_factor")
     parser.add_argument("--output_dir", default="runs/vae")
+    # Copied from train_scripts/train_ldm.py:logging_and_hub_flags
     parser.add_argument("--logging_dir", default="logs")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dataloader_num_workers", type=int, default=0)
     parser.add_argument("--report_to", default="tensorboard", help='"tensorboard", "none", ...')
     parser.add_argument("--push_to_hub", action="store_true")
     parser.add_argument("--hub_model_id", default=None)
     parser.add_argument("--hub_token", default=None, help="Hub token for --push_to_hub (default: the saved login)")
+    # End copy
     args = apply_config_file(parser, argv, section="vae")
     check_positive(parser, args, "resolution", "crop_size", "train_batch_size", "learning_rate",
                    "gradient_accumulation_steps", "checkpointing_steps", "validation_steps", "max_train_steps",
@@ -154,11 +162,15 @@ def parse_args(argv=None):
     for name in ("resolution", "crop_size"):
         if getattr(args, name) % factor:
             parser.error(f"--{name} must be a multiple of {factor} (the VAE's downsampling)")
+    # Copied from train_scripts/train_ldm.py:common_flag_checks
+    if args.dataloader_num_workers < 0:
+        parser.error(f"--dataloader_num_workers must be 0 or more, got {args.dataloader_num_workers}")
     if args.train_data_dir is None and args.dataset_name is None:
         parser.error("give --train_data_dir or --dataset_name")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
     check_output_dirs(parser, args, "output_dir")
+    # End copy
     return args
 
 
@@ -183,6 +195,7 @@ def compute_scaling_factor(vae, dataset, resolution, count, device) -> float:
 def main(argv=None):
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
+    # Copied from train_scripts/train_ldm.py:accelerator
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -190,12 +203,14 @@ def main(argv=None):
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    # End copy
+    # Copied from train_scripts/train_ldm.py:script_setup
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
     create_hub_repo(args)  # main process: a bad token or no network fails now, not after the training
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "samples").mkdir(exist_ok=True)
+        (output_dir / "samples").mkdir(parents=True, exist_ok=True)
+    # End copy
 
     # Model
     if args.pretrained_model_name_or_path:
@@ -212,6 +227,10 @@ def main(argv=None):
     if args.train_decoder_only:
         vae.encoder.requires_grad_(False)
         vae.quant_conv.requires_grad_(False)
+    if args.gradient_checkpointing:
+        vae.enable_gradient_checkpointing()
+    if args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
     ema = EMAModel(vae.parameters(), decay=args.ema_decay, model_cls=CXRAutoencoderKL, model_config=vae.config) \
         if args.use_ema else None
     discriminator = CXRPatchDiscriminator(in_channels=vae.config.out_channels, base_channels=args.disc_channels,
@@ -234,45 +253,39 @@ def main(argv=None):
 
     raw_train_set = train_set
     train_set = train_set.with_transform(make_transform(to_tensor), columns=["image"])
+    # Copied from train_scripts/train_ddpm.py:image_loader
     loader = torch.utils.data.DataLoader(
         train_set, batch_size=args.train_batch_size, shuffle=True, collate_fn=collate_images,
         num_workers=args.dataloader_num_workers, drop_last=len(train_set) >= args.train_batch_size,
         generator=torch.Generator().manual_seed(args.seed),  # keeps the global RNG exact across resume
     )
+    # End copy
 
     trainable = [p for p in vae.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
-    updates_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
-    if args.max_train_steps is None:
-        args.max_train_steps = args.num_train_epochs * updates_per_epoch
-    num_epochs = math.ceil(args.max_train_steps / updates_per_epoch)
-    lr_scheduler = get_scheduler(
-        args.lr_scheduler, optimizer=optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=args.max_train_steps * accelerator.num_processes,
-    )
+    # Copied from train_scripts/train_ldm.py:optimizer_and_lr_scheduler
+    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+    updates_per_epoch, args.max_train_steps, num_epochs = training_steps(
+        len(loader), args.gradient_accumulation_steps, args.max_train_steps, args.num_train_epochs)
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
+                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
+    # End copy
     vae, optimizer, loader, lr_scheduler = accelerator.prepare(vae, optimizer, loader, lr_scheduler)
     if discriminator is not None:
         disc_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=args.disc_learning_rate or args.learning_rate,
                                            betas=(0.5, 0.9), weight_decay=0.0)
         discriminator, disc_optimizer = accelerator.prepare(discriminator, disc_optimizer)
+    # Copied from train_scripts/train_ldm.py:trackers_and_resume with "train_ldm"->"train_vae"
     if ema:
         ema.to(accelerator.device)
     if accelerator.is_main_process and args.report_to != "none":
-        accelerator.init_trackers("train_vae", config={k: v for k, v in vars(args).items() if v is not None})
+        tracker_config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers("train_vae", config=tracker_config)
     history = JsonlLogger(output_dir / "metrics.jsonl") if accelerator.is_main_process else None
-
-    # Resume
-    global_step, first_epoch, skip_batches = 0, 0, 0
-    checkpoint = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
-    if checkpoint is not None:
-        accelerator.print(f"Resuming from {checkpoint}")
-        load_checkpoint(accelerator, checkpoint)
-        global_step = checkpoint_step(checkpoint)
-        first_epoch = global_step // updates_per_epoch
-        skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
-    elif args.resume_from_checkpoint and args.resume_from_checkpoint != "latest":
-        raise CXRInputError(f"checkpoint {args.resume_from_checkpoint} not found")
+    global_step, first_epoch, skip_batches = resume_training(
+        accelerator, args.output_dir, args.resume_from_checkpoint, updates_per_epoch, args.gradient_accumulation_steps)
+    # End copy
 
     logger.info(f"{len(train_set)} training images, {args.max_train_steps} steps of {args.train_batch_size} "
                 f"{args.crop_size}px crops, {sum(p.numel() for p in vae.parameters()):,} parameters")
@@ -282,6 +295,7 @@ def main(argv=None):
     unwrapped = accelerator.unwrap_model(vae)
     last_logs: dict = {}
     last_validation = None  # (step, metrics, pairs) of the newest in-loop validation of the EMA weights
+    # Copied from train_scripts/train_ldm.py:epoch_loop
     for epoch in range(first_epoch, num_epochs):
         loader.set_epoch(epoch)  # the shuffle order depends only on (seed, epoch): exact across resume
         epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
@@ -289,6 +303,7 @@ def main(argv=None):
         for batch in epoch_loader:
             if global_step >= args.max_train_steps:  # resumed at (or past) the end: just finalise
                 break
+            # End copy
             with accelerator.accumulate(*[m for m in (vae, discriminator) if m is not None]):
                 # Crops are drawn in the loop from a per-step generator (the loader prefetches a batch, so
                 # drawing them in the transform would make resumed runs diverge).
@@ -317,12 +332,14 @@ def main(argv=None):
                     adaptive_weight = adaptive_adversarial_weight(
                         reconstruction_loss, g_loss, unwrapped.decoder.conv_out.weight)
                     loss = loss + args.disc_weight * adaptive_weight * g_loss
+                # Copied from train_scripts/train_ldm.py:optimizer_step
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad()
+                # End copy
 
                 d_loss = None
                 if adversarial:  # the discriminator's step, on the reconstructions just made
@@ -334,12 +351,14 @@ def main(argv=None):
                     disc_optimizer.step()
                     disc_optimizer.zero_grad()
 
+            # Copied from train_scripts/train_ldm.py:end_of_step with unet->vae
             if not accelerator.sync_gradients:
                 continue
             if ema:
                 ema.step(vae.parameters())
             global_step += 1
             progress.update(1)
+            # End copy
             logs = last_logs = {"loss": loss.item(), "mse": mse.item(), "kl": kl.item(), "lr": lr_scheduler.get_last_lr()[0]}
             for name, value in (("edge", edge), ("perceptual", perceptual_loss), ("g_loss", g_loss),
                                 ("d_loss", d_loss), ("adaptive_weight", adaptive_weight)):
@@ -366,15 +385,16 @@ def main(argv=None):
                     make_grid(tiles, cols=4).save(output_dir / "samples" / f"reconstructions-{global_step:06d}.png")
                     save_loss_plot({k: v for k, v in history.history.items() if k in ("loss", "mse", "edge", "perceptual", "d_loss")},
                                    output_dir / "loss.png", "VAE training loss")
+            # Copied from train_scripts/train_ldm.py:checkpoint_and_stop
             if global_step % args.checkpointing_steps == 0 and accelerator.is_main_process:
-                prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
-                accelerator.save_state(str(output_dir / f"checkpoint-{global_step}"))
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
             if global_step >= args.max_train_steps:
                 break
         if global_step >= args.max_train_steps:
             break
     progress.close()
     accelerator.wait_for_everyone()
+    # End copy
 
     # Final model: EMA weights, scaling factor, metrics, card
     if accelerator.is_main_process:
