@@ -3,18 +3,9 @@
 import json
 
 import pytest
-import torch
 
-from cxr_diffusers import CXRPipeline, create_components, read_provenance
+from cxr_diffusers import read_provenance
 from cxr_diffusers.cli import main
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-model")
-    CXRPipeline(**create_components("tiny")).save_pretrained(folder)
-    return str(folder)
 
 
 def test_generate_writes_pngs_manifest_and_grid(tiny_model, tmp_path, capsys):

@@ -14,16 +14,6 @@ from cxr_diffusers.cli import main
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from cxr_diffusers import CXRPipeline, create_components
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-pipeline")
-    CXRPipeline(**create_components("tiny")).save_pretrained(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def tiny_classifier(tmp_path_factory):
     from transformers import ResNetConfig, ResNetForImageClassification
 
@@ -181,3 +171,69 @@ def test_run_evaluation_leaves_the_callers_scheduler_alone(tiny_model, tmp_path)
                               save_images=False, progress=False)
     metrics = run_evaluation(pipe, load_reference(FIXTURES_DIR).images, tmp_path, config)
     assert pipe.scheduler is before and metrics["config"]["scheduler"] == "DDIMScheduler"
+
+
+def test_each_evaluation_step_returns_a_json_serialisable_dict(tmp_path):
+    """The steps of `run_evaluation` on their own: explicit inputs in, plain JSON-ready sections of metrics.json out."""
+    from conftest import make_tiny_pipeline
+
+    from cxr_diffusers.evaluation.conditioning import DEFAULT_PROMPTS
+    from cxr_diffusers.evaluation.features import images_to_tensor
+    from cxr_diffusers.evaluation.runner import (
+        EvaluationConfig,
+        conditioning_step,
+        distribution_step,
+        fidelity_step,
+        header_step,
+        image_statistics_step,
+        load_reference,
+        memorization_step,
+        merge_steps,
+        reconstruction_step,
+    )
+
+    class StubClassifier:  # what conditioning_step uses of a ClassifierFeatureExtractor
+        labels = ("NORMAL", "PNEUMONIA")
+
+        def predict(self, images):
+            return ["NORMAL" if float(image.mean()) < 0.5 else "PNEUMONIA" for image in images]
+
+    pipe = make_tiny_pipeline()
+    reference = load_reference(FIXTURES_DIR)
+    real = images_to_tensor(reference.images[:6], 32)
+    train = images_to_tensor(reference.images[3:], 32)
+    generated = torch.rand(6, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    prompts = [DEFAULT_PROMPTS["NORMAL"]] * 3 + [DEFAULT_PROMPTS["PNEUMONIA"]] * 3
+    config = EvaluationConfig(num_images_per_prompt=3, real_vs_real=True, memorization_size=32, kid_subsets=2,
+                              ms_ssim_pairs=5, progress=False)
+    rng = np.random.default_rng(0)
+    features = {"vae": {"generated": rng.normal(size=(6, 8)), "real": rng.normal(size=(6, 8)),
+                        "train": rng.normal(size=(6, 8))}}
+    steps = {
+        "header": header_step(pipe, config, 32, generated=generated, real=real, train=train, seconds_per_image=0.1,
+                              extra={"model": "tiny"}),
+        "fidelity": fidelity_step(generated, prompts, real),
+        "image_statistics": image_statistics_step(generated, prompts, real, config),
+        "reconstruction": reconstruction_step(pipe.vae, real, 2),
+        "distribution": distribution_step(features, prompts, config),
+        "memorization": memorization_step(generated, real, train, features, config,
+                                          grid_path=tmp_path / "nearest_neighbours.png"),
+        "conditioning": conditioning_step(StubClassifier(), generated, prompts, real, reference.classes[:6]),
+    }
+    for name, part in steps.items():
+        assert isinstance(part, dict) and part, name
+        json.dumps(part, allow_nan=False)  # plain Python values, no numpy scalars or arrays
+    assert set(steps["image_statistics"]) == {"per_image", "diversity_ms_ssim"}
+    vae_entry = steps["distribution"]["distribution"]["vae"]
+    assert {"generated_vs_real", "generated_vs_real: normal", "real_vs_real"} <= set(vae_entry)
+    assert steps["memorization"]["memorization"]["real_vs_train"]["n"] == 6
+    assert (tmp_path / "nearest_neighbours.png").is_file()
+    assert steps["conditioning"]["conditioning"]["n"] == 6
+    # skipped steps say so in their notes, which merge_steps joins in order
+    skipped = [memorization_step(generated, real, None, features, config), conditioning_step(None, generated, prompts),
+               reconstruction_step(pipe.vae, real, 0)]
+    merged = merge_steps(*steps.values(), *skipped)
+    assert merged["notes"] == ["memorisation audit skipped: no training images",
+                               "conditioning check skipped: no classifier given or found"]
+    assert list(merged)[-1] == "notes" and merged["counts"] == {"generated": 6, "real": 6, "train": 6}
+    json.dumps(merged, allow_nan=False)
