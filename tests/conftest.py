@@ -99,3 +99,27 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES_DIR
+
+
+def load_train_script(name: str, module_name: str | None = None):
+    """
+    A fresh module of `train_scripts/<name>.py` (not run as `__main__`), registered in `sys.modules` as `module_name`
+    (default `train_scripts_<name>`), for tests that call its `main(argv)` / `parse_args(argv)` or patch its names.
+    """
+    import importlib.util
+    import sys
+
+    module_name = module_name or f"train_scripts_{name}"
+    spec = importlib.util.spec_from_file_location(module_name, REPO_ROOT / "train_scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    """A folder with the saved tiny random pipeline of `make_tiny_pipeline`, one per test module (CLI tests)."""
+    folder = tmp_path_factory.mktemp("tiny-model")
+    make_tiny_pipeline().save_pretrained(folder)
+    return str(folder)

@@ -1,13 +1,11 @@
 """train_scripts/train_classifier.py: synthetic mixing and its duplicate-real control, several seeds (mean +- std),
 bad arguments, PneumoniaMNIST. A few steps each (ResNet-18, 64 px) on a small saved sample of real X-rays."""
 
-import importlib.util
 import json
-import sys
 
 import datasets
 import pytest
-from conftest import FIXTURES_DIR, REPO_ROOT, shared_data_dir
+from conftest import FIXTURES_DIR, REPO_ROOT, load_train_script, shared_data_dir
 from PIL import Image
 
 from cxr_diffusers.classification.metrics import METRICS
@@ -18,12 +16,7 @@ TINY = str(REPO_ROOT / "train_scripts" / "configs" / "tiny.json")
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("train_scripts_train_classifier_mixing",
-                                                  REPO_ROOT / "train_scripts" / "train_classifier.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_train_script("train_classifier", "train_scripts_train_classifier_mixing")
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +56,7 @@ def _synthetic_folder(root, count):
     return root
 
 
+@pytest.mark.slow
 def test_synthetic_mixing_with_seeds_and_the_duplicate_control(script, data_args, tmp_path):
     synthetic = _synthetic_folder(tmp_path / "synthetic", 16)
     fast = ["--config", TINY, *data_args, "--max_train_steps", "2", "--checkpointing_steps", "100",
@@ -116,6 +110,7 @@ def test_bad_arguments_and_synthetic_folders(script, data_args, tmp_path):
         script.main([*base, "--synthetic_data_dir", str(too_few), "--synthetic_ratio", "1.0"])
 
 
+@pytest.mark.slow
 def test_pneumoniamnist_28px(script, shared_data, tmp_path):
     npz = shared_data / "pneumoniamnist_28" / "pneumoniamnist_reconstructed_official_counts.npz"
     script.main(["--config", TINY, "--train_data_dir", str(npz), "--resolution", "28", "--max_train_steps", "2",

@@ -4,15 +4,13 @@ Runs in-process through the script's `main(argv)` with the tiny configuration (R
 seeds and PneumoniaMNIST are in test_classifier_mixing.py.
 """
 
-import importlib.util
 import json
 import shutil
-import sys
 
 import datasets
 import pytest
 import torch
-from conftest import FIXTURES_DIR, REPO_ROOT, shared_data_dir
+from conftest import FIXTURES_DIR, REPO_ROOT, load_train_script, shared_data_dir
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -21,18 +19,9 @@ from cxr_diffusers.classification.metrics import METRICS
 TINY = str(REPO_ROOT / "train_scripts" / "configs" / "tiny.json")
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("train_scripts_train_classifier",
-                                                  REPO_ROOT / "train_scripts" / "train_classifier.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def script():
-    return load_script()
+    return load_train_script("train_classifier")
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +47,7 @@ def tiny_run(script, data_args, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_short_run_writes_model_metrics_plots_and_card(tiny_run):
     from transformers import pipeline
 
@@ -85,6 +75,7 @@ def test_short_run_writes_model_metrics_plots_and_card(tiny_run):
     assert {r["label"] for r in result} == {"NORMAL", "PNEUMONIA"}
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_is_exact(script, data_args, tiny_run, tmp_path):
     resumed = tmp_path / "resumed"
     resumed.mkdir()
@@ -115,6 +106,7 @@ def test_early_stopping_rule():
     assert not never.should_stop
 
 
+@pytest.mark.slow
 def test_training_stops_early_and_keeps_the_best_validation(script, data_args, tmp_path):
     """Patience 1 with a validation every step: training ends at the first validation that is not better."""
     script.main(["--config", TINY, *data_args, "--output_dir", str(tmp_path), "--validation_steps", "1",
@@ -131,6 +123,7 @@ def test_training_stops_early_and_keeps_the_best_validation(script, data_args, t
         assert metrics["training"]["global_step"] == 6
 
 
+@pytest.mark.slow
 def test_final_model_dir_is_never_deleted_without_overwrite(script, data_args, tmp_path, capsys):
     """A non-empty --final_model_dir is refused before training; with --overwrite it is replaced only when complete."""
     final = tmp_path / "shipped"

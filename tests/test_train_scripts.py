@@ -4,10 +4,8 @@ Each script runs a few steps on real X-rays: a small sample of the shared Kerman
 otherwise the shipped fixtures. They run in-process through each script's `main(argv)`.
 """
 
-import importlib.util
 import json
 import shutil
-import sys
 
 import datasets
 import numpy as np
@@ -18,17 +16,12 @@ from safetensors.torch import load_file
 from cxr_diffusers import CXRAutoencoderKL, CXRPipeline
 from cxr_diffusers.data.pneumonia import load_pneumonia
 
-from conftest import FIXTURES_DIR, REPO_ROOT, shared_data_dir
+from conftest import FIXTURES_DIR, REPO_ROOT, load_train_script, shared_data_dir
 
 TINY = str(REPO_ROOT / "train_scripts" / "configs" / "tiny.json")
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"train_scripts_{name}", REPO_ROOT / "train_scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+load_script = load_train_script  # (name) -> a fresh module of train_scripts/<name>.py; test_train_ddpm.py imports it
 
 
 @pytest.fixture(scope="module")

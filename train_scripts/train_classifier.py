@@ -85,11 +85,10 @@ from cxr_diffusers.training_utils import (
     apply_config_file,
     check_output_dirs,
     check_positive,
-    checkpoint_step,
-    load_checkpoint,
-    prune_checkpoints,
-    resolve_resume_checkpoint,
+    resume_training,
     run_script,
+    save_checkpoint,
+    training_steps,
 )
 from cxr_diffusers.utils.output_dir import check_output_dir, staged_output_dir
 
@@ -174,16 +173,18 @@ def parse_args(argv=None):
                              "pretrained/pneumonia-classifier")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a non-empty --final_model_dir (it is only replaced once the new model is complete)")
-    parser.add_argument("--logging_dir", default="logs")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="run once per seed into <output_dir>/seed-<s> and report mean +- std")
     parser.add_argument("--dataloader_num_workers", type=int, default=0,
                         help="worker processes decoding the images (0: in the main process)")
+    # Copied from train_scripts/train_ldm.py:logging_and_hub_flags
+    parser.add_argument("--logging_dir", default="logs")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report_to", default="tensorboard", help='"tensorboard", "none", ...')
     parser.add_argument("--push_to_hub", action="store_true")
     parser.add_argument("--hub_model_id", default=None)
     parser.add_argument("--hub_token", default=None, help="Hub token for --push_to_hub (default: the saved login)")
+    # End copy
     args = apply_config_file(parser, argv, section="classifier")
     check_positive(parser, args, "resolution", "train_batch_size", "eval_batch_size", "learning_rate",
                    "gradient_accumulation_steps", "checkpointing_steps", "validation_steps", "max_train_steps",
@@ -253,6 +254,7 @@ def train_one(args, seed: int, output_dir: Path) -> dict:
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
     from transformers import ResNetForImageClassification
 
+    # Copied from train_scripts/train_ldm.py:accelerator
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -260,6 +262,7 @@ def train_one(args, seed: int, output_dir: Path) -> dict:
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    # End copy
     set_seed(seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -292,9 +295,9 @@ def train_one(args, seed: int, output_dir: Path) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                   weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
-    updates_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
-    max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
-    num_epochs = math.ceil(max_train_steps / updates_per_epoch)
+    # a local max_train_steps: args (written to metrics.json) keeps the flag as given
+    updates_per_epoch, max_train_steps, num_epochs = training_steps(
+        len(train_loader), args.gradient_accumulation_steps, args.max_train_steps, args.num_train_epochs)
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
                                  num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=max_train_steps * accelerator.num_processes)
@@ -339,20 +342,18 @@ def train_one(args, seed: int, output_dir: Path) -> dict:
             wrapped_models.pop()
 
     handles = [accelerator.register_save_state_pre_hook(save_hook), accelerator.register_load_state_pre_hook(load_hook)]
+    # Trackers, metrics.jsonl and the resume from this seed's folder (the hooks above restore the weights, the EMA,
+    # the early-stopping state and best/ of the checkpoint)
+    # Copied from train_scripts/train_ldm.py:trackers_and_resume with "train_ldm"->"train_classifier", args.output_dir->output_dir
+    if ema:
+        ema.to(accelerator.device)
     if accelerator.is_main_process and args.report_to != "none":
-        accelerator.init_trackers("train_classifier", config={k: v for k, v in vars(args).items()
-                                                              if isinstance(v, (int, float, str, bool))})
+        tracker_config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers("train_classifier", config=tracker_config)
     history = JsonlLogger(output_dir / "metrics.jsonl") if accelerator.is_main_process else None
-
-    # Resume
-    global_step, first_epoch, skip_batches = 0, 0, 0
-    checkpoint = resolve_resume_checkpoint(str(output_dir), args.resume_from_checkpoint)
-    if checkpoint is not None:
-        accelerator.print(f"Resuming from {checkpoint}")
-        load_checkpoint(accelerator, checkpoint)
-        global_step = checkpoint_step(checkpoint)
-        first_epoch = global_step // updates_per_epoch
-        skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
+    global_step, first_epoch, skip_batches = resume_training(
+        accelerator, output_dir, args.resume_from_checkpoint, updates_per_epoch, args.gradient_accumulation_steps)
+    # End copy
 
     def validate(step: int) -> None:
         evaluated = ema.module if ema else model
@@ -393,21 +394,25 @@ def train_one(args, seed: int, output_dir: Path) -> dict:
                     logits = model(pixel_values=batch["pixel_values"]).logits.float()
                 loss = F.cross_entropy(logits, batch["labels"], weight=class_weight,
                                        label_smoothing=args.label_smoothing)
+                # Copied from train_scripts/train_ldm.py:optimizer_step with trainable->model.parameters()
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad()
+                # End copy
             window["loss"] += loss.item() * len(batch["labels"])
             window["correct"] += int((logits.argmax(-1) == batch["labels"]).sum())
             window["seen"] += len(batch["labels"])
+            # Copied from train_scripts/train_ldm.py:end_of_step with ema.step(unet.parameters())->ema.update_parameters(unwrapped)
             if not accelerator.sync_gradients:
                 continue
             if ema:
                 ema.update_parameters(unwrapped)
             global_step += 1
             progress.update(1)
+            # End copy
             progress.set_postfix(loss=f"{loss.item():.4f}")
             if global_step % args.logging_steps == 0 or global_step == max_train_steps:
                 logs = {"train_loss": window["loss"] / window["seen"],
@@ -422,8 +427,7 @@ def train_one(args, seed: int, output_dir: Path) -> dict:
                     (not args.validation_steps and end_of_epoch) or global_step == max_train_steps:
                 validate(global_step)
             if global_step % args.checkpointing_steps == 0 and accelerator.is_main_process:
-                prune_checkpoints(str(output_dir), args.checkpoints_total_limit)
-                accelerator.save_state(str(output_dir / f"checkpoint-{global_step}"))
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
             if state["stopped_early"] or global_step >= max_train_steps:
                 done = True
                 break
