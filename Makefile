@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROMPT ?= PA chest radiograph of an adult. No acute cardiopulmonary abnormality.
 APP_ARGS ?=
 
-.PHONY: install test check-copies wheel-smoke demo bench app clean-venv
+.PHONY: install test test-fast check-copies wheel-smoke demo bench app clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ check-copies:
 test: install check-copies
 	command -v chromium >/dev/null || (command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq chromium) || true
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -q --durations=15 tests
+
+# The tests not marked `slow` (no training runs, no browser): a minute or two while developing.
+test-fast: install check-copies
+	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -q -m "not slow" tests
 
 # Build the wheel and smoke-test it installed in a throwaway venv, from outside the checkout (offline, ~40 s).
 wheel-smoke: install

@@ -39,6 +39,7 @@ def full_run(ddpm_script, xray_dataset, tmp_path_factory):  # noqa: F811
     return out
 
 
+@pytest.mark.slow
 def test_tiny_run_saves_a_ddpm_pipeline_that_generates(full_run):
     pipe = DDPMPipeline.from_pretrained(full_run / "pipeline")
     pipe.set_progress_bar_config(disable=True)
@@ -63,6 +64,7 @@ def test_tiny_run_saves_a_ddpm_pipeline_that_generates(full_run):
     assert card.count("Not for clinical use") == 1 and "DDPMPipeline.from_pretrained" in card
 
 
+@pytest.mark.slow
 def test_resume_is_exact(ddpm_script, xray_dataset, tmp_path):  # noqa: F811
     """6 steps in one run == 3 steps, stop, resume `latest` for 3 more (the state at 3 is the saved checkpoint)."""
     args = ["--config", TINY, "--train_data_dir", xray_dataset, "--validation_steps", "100"]

@@ -54,6 +54,7 @@ def tiny_vae(xray_dataset, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_train_vae_produces_a_loadable_vae_with_scaling_factor(tiny_vae):
     vae = CXRAutoencoderKL.from_pretrained(tiny_vae / "vae")
     assert vae.config.scaling_factor != 1.0 and np.isfinite(vae.config.scaling_factor)
@@ -69,6 +70,7 @@ def test_train_vae_produces_a_loadable_vae_with_scaling_factor(tiny_vae):
     assert (tiny_vae / "checkpoint-6" / "vae_ema").is_dir()
 
 
+@pytest.mark.slow
 def test_decoder_only_fine_tune_of_a_deeper_decoder_keeps_the_latent_space(tiny_vae, xray_dataset, tmp_path,
                                                                            monkeypatch):
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
@@ -97,6 +99,7 @@ def test_train_vae_rejects_a_bad_decoder_depth(xray_dataset, tmp_path, capsys):
     assert error.value.code == 2 and "--decoder_layers_per_block must be positive" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_ldm_produces_a_pipeline_that_generates(tiny_vae, xray_dataset, tmp_path):
     load_script("train_ldm").main(["--config", TINY, "--train_data_dir", xray_dataset, "--output_dir", str(tmp_path),
                                    "--pretrained_vae_model_name_or_path", str(tiny_vae / "vae")])
@@ -116,6 +119,7 @@ LDM_V2_FLAGS = ["--prediction_type", "v_prediction", "--zero_terminal_snr", "--s
 @pytest.mark.parametrize("script,extra", [("train_ldm", []), ("train_ldm", LDM_V2_FLAGS), ("train_vae", []),
                                           ("train_vae", VAE_V2_FLAGS)],
                          ids=["ldm", "ldm-v-prediction-zero-snr", "vae", "vae-v2-objective"])
+@pytest.mark.slow
 def test_resume_is_exact(script, extra, tiny_vae, xray_dataset, tmp_path):
     """N steps in one run == N/2 steps, stop, resume for N/2 more (the state at N/2 is the saved checkpoint, with the
     discriminator and its optimizer for the VAE v2 objective)."""
@@ -225,6 +229,7 @@ def test_standard_training_flags_reach_the_optimizer_model_and_loader(script_nam
     assert [loader.num_workers for loader in defaults["loaders"]] == [0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script_name", ["train_vae", "train_ddpm"])
 def test_gradient_checkpointing_trains_to_the_same_weights(script_name, xray_dataset, tmp_path):
     """Recomputing the activations in the backward pass changes memory, not the result (for the VAE also with the
@@ -283,6 +288,7 @@ def test_vae_metrics_spread_over_sources_and_report_each():
 
 
 # ---------------------------------------------------------------------------------------------- LDM v2
+@pytest.mark.slow
 def test_train_ldm_v_prediction_zero_terminal_snr_trains_saves_and_generates(tiny_vae, xray_dataset, tmp_path):
     load_script("train_ldm").main(["--config", TINY, "--train_data_dir", xray_dataset, "--output_dir", str(tmp_path),
                                    "--pretrained_vae_model_name_or_path", str(tiny_vae / "vae"), *LDM_V2_FLAGS,
@@ -337,6 +343,7 @@ def test_train_ldm_v2_flag_errors(xray_dataset, tmp_path, capsys, flags, message
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_latents_cache_dir_is_reused_across_runs_and_resumes(tiny_vae, xray_dataset, tmp_path):
     """The first run encodes into --latents_cache_dir; a resume in another output folder finds the file and must not
     encode (the encoder is replaced by one that fails), and still ends exactly where the uninterrupted run did."""
