@@ -47,6 +47,7 @@ from cxr_diffusers.evaluation.timing import (
     matmul_peak_flops,
     peak_rss_mb,
     time_call,
+    write_benchmark_result,
 )
 
 DEFAULT_MODEL = ROOT / "pretrained" / "cxr-ldm-small"
@@ -343,10 +344,7 @@ def main(argv=None) -> dict:
                     "(fd_seed_fewer_steps_vs_reference); the model above says whether the weights are trained",
         }
     result["process_peak_rss_mb"] = peak_rss_mb()
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_benchmark_result(result, args.output)
     return result
 
 

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cxr_diffusers import CXRAutoencoderKL, CXRTextEncoder, CXRUNet2DConditionModel, get_model_config
-from cxr_diffusers.evaluation.timing import RSSMonitor, environment_info
+from cxr_diffusers.evaluation.timing import RSSMonitor, environment_info, write_benchmark_result
 from cxr_diffusers.schedulers import TRAINING_SCHEDULE
 
 PROMPT_TOKENS = 24  # a typical prompt ("PA chest radiograph of a 58 year old female. Findings: ...") in WordPiece tokens
@@ -163,10 +163,7 @@ def main(argv=None) -> dict:
             print(f"{name:<6} {model:<5} {info['parameters_m']:>8.2f} {seconds:>8.3f} {row['samples_per_s']:>10.2f} "
                   f"{rss.peak_mb:>8.0f}  {info['input']}")
             del step
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_benchmark_result(result, args.output)
     return result
 
 

@@ -37,6 +37,16 @@ MINILM_BERT_CONFIG: dict[str, Any] = {
     "pad_token_id": 0,
 }
 
+# The 3.3M-parameter VAE of `small` and `base` (the bundled pretrained/cxr-ldm-small VAE): 256 px -> 8 x 32 x 32.
+SMALL_VAE_CONFIG: dict[str, Any] = {
+    "block_out_channels": (32, 64, 64, 128),
+    "layers_per_block": 1,
+    "attention_levels": 2,
+    "latent_channels": 8,
+    "norm_num_groups": 32,
+    "sample_size": 256,
+}
+
 MODEL_CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "vae": {
@@ -76,14 +86,7 @@ MODEL_CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
         "classifier": {"architecture": "resnet-18"},
     },
     "small": {
-        "vae": {
-            "block_out_channels": (32, 64, 64, 128),
-            "layers_per_block": 1,
-            "attention_levels": 2,
-            "latent_channels": 8,
-            "norm_num_groups": 32,
-            "sample_size": 256,
-        },
+        "vae": SMALL_VAE_CONFIG,
         "unet": {
             "sample_size": 32,
             "in_channels": 8,
@@ -104,14 +107,7 @@ MODEL_CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
         "classifier": {"architecture": "resnet-18"},
     },
     "base": {
-        "vae": {
-            "block_out_channels": (32, 64, 64, 128),
-            "layers_per_block": 1,
-            "attention_levels": 2,
-            "latent_channels": 8,
-            "norm_num_groups": 32,
-            "sample_size": 256,
-        },
+        "vae": SMALL_VAE_CONFIG,
         "unet": {
             "sample_size": 32,
             "in_channels": 8,

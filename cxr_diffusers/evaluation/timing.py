@@ -22,6 +22,7 @@ __all__ = [
     "peak_rss_mb",
     "rss_mb",
     "time_call",
+    "write_benchmark_result",
 ]
 
 
@@ -155,3 +156,14 @@ def environment_info() -> dict[str, Any]:
 
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
+
+
+def write_benchmark_result(result: dict[str, Any], output: str | os.PathLike) -> None:
+    """Write a benchmark's result as indented JSON (creating the folder) and say where."""
+    import json
+    from pathlib import Path
+
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
