@@ -117,8 +117,9 @@ LDM_V2_FLAGS = ["--prediction_type", "v_prediction", "--zero_terminal_snr", "--s
 
 
 @pytest.mark.parametrize("script,extra", [("train_ldm", []), ("train_ldm", LDM_V2_FLAGS), ("train_vae", []),
-                                          ("train_vae", VAE_V2_FLAGS)],
-                         ids=["ldm", "ldm-v-prediction-zero-snr", "vae", "vae-v2-objective"])
+                                          ("train_vae", VAE_V2_FLAGS),
+                                          ("train_vae", [*VAE_V2_FLAGS, "--disc_norm", "spectral"])],
+                         ids=["ldm", "ldm-v-prediction-zero-snr", "vae", "vae-v2-objective", "vae-v2-spectral-norm"])
 @pytest.mark.slow
 def test_resume_is_exact(script, extra, tiny_vae, xray_dataset, tmp_path):
     """N steps in one run == N/2 steps, stop, resume for N/2 more (the state at N/2 is the saved checkpoint, with the

@@ -1,5 +1,7 @@
 """The VAE v2 objective: PatchGAN discriminator, perceptual loss on the bundled classifier, adaptive weight."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -29,6 +31,34 @@ def test_discriminator_scores_patches_and_round_trips(tmp_path):
     torch.testing.assert_close(loaded(x), logits)
     with pytest.raises(CXRInputError, match="shape"):
         disc(torch.zeros(1, 3, 64, 64))
+
+
+def test_spectral_norm_discriminator_has_no_batchnorm_bounded_layers_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    disc = CXRPatchDiscriminator(base_channels=8, num_layers=3, norm="spectral")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in disc.modules())
+    x = torch.rand(2, 1, 128, 128) * 2 - 1
+    for _ in range(20):  # power iterations (training mode) converge to the largest singular value
+        disc(x)
+    disc.eval()
+    for conv in (m for m in disc.modules() if isinstance(m, torch.nn.Conv2d)):
+        sigma = torch.linalg.matrix_norm(conv.weight.flatten(1), ord=2)
+        assert sigma.item() == pytest.approx(1.0, rel=0.05)
+    # a patch's score does not depend on the other images of the batch (it would with BatchNorm in training mode)
+    # (copies: each training-mode call also runs one power iteration)
+    alone = copy.deepcopy(disc).train()(x[:1])
+    together = copy.deepcopy(disc).train()(torch.cat([x[:1], -x[1:]]))[:1]
+    torch.testing.assert_close(alone, together)
+    batch_norm = CXRPatchDiscriminator(base_channels=8, num_layers=3).train()
+    assert not torch.allclose(batch_norm(x[:1].repeat(2, 1, 1, 1))[:1], batch_norm(torch.cat([x[:1], -x[1:]]))[:1])
+    logits = disc.eval()(x)
+    assert logits.shape == (2, 1, 14, 14)
+    disc.save_pretrained(tmp_path)
+    loaded = CXRPatchDiscriminator.from_pretrained(tmp_path).eval()
+    assert loaded.config.norm == "spectral"
+    torch.testing.assert_close(loaded(x), logits)
+    with pytest.raises(CXRInputError, match="norm"):
+        CXRPatchDiscriminator(norm="instance")
 
 
 def test_hinge_losses():

@@ -123,6 +123,8 @@ def parse_args(argv=None):
     parser.add_argument("--disc_learning_rate", type=float, default=None, help="default: --learning_rate")
     parser.add_argument("--disc_channels", type=int, default=32, help="channels of the discriminator's first layer")
     parser.add_argument("--disc_layers", type=int, default=3, help="strided layers of the discriminator")
+    parser.add_argument("--disc_norm", default="batch", choices=["batch", "spectral"],
+                        help="discriminator normalisation: BatchNorm (pix2pix/taming) or spectral norm without BatchNorm")
     parser.add_argument("--train_decoder_only", action="store_true",
                         help="freeze the encoder (latent space unchanged, e.g. while an LDM trains on it); no KL")
     parser.add_argument("--decoder_input", default="sample", choices=["sample", "mode"],
@@ -234,7 +236,7 @@ def main(argv=None):
     ema = EMAModel(vae.parameters(), decay=args.ema_decay, model_cls=CXRAutoencoderKL, model_config=vae.config) \
         if args.use_ema else None
     discriminator = CXRPatchDiscriminator(in_channels=vae.config.out_channels, base_channels=args.disc_channels,
-                                          num_layers=args.disc_layers) if args.disc_weight else None
+                                          num_layers=args.disc_layers, norm=args.disc_norm) if args.disc_weight else None
     perceptual = ClassifierPerceptualLoss.from_pretrained(args.perceptual_model).to(accelerator.device) \
         if args.perceptual_weight else None
     checkpointed = {"vae": vae, **({"discriminator": discriminator} if discriminator is not None else {})}

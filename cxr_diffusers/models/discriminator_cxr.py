@@ -25,25 +25,38 @@ class CXRPatchDiscriminator(ModelMixin, ConfigMixin):
         in_channels (`int`, defaults to 1): image channels.
         base_channels (`int`, defaults to 32): channels of the first convolution; doubled per layer up to 8x.
         num_layers (`int`, defaults to 3): strided layers; 3 gives a 70x70 receptive field per output logit.
+        norm (`str`, defaults to `"batch"`): `"batch"` (pix2pix / taming: BatchNorm after each inner convolution) or
+            `"spectral"` (spectral normalisation of every convolution and no BatchNorm, Miyato et al. 2018: a
+            Lipschitz-bounded critic whose scores do not depend on the other images of the batch).
     """
 
     @register_to_config
-    def __init__(self, in_channels: int = 1, base_channels: int = 32, num_layers: int = 3):
+    def __init__(self, in_channels: int = 1, base_channels: int = 32, num_layers: int = 3, norm: str = "batch"):
         super().__init__()
         if num_layers < 1:
             raise CXRInputError(f"num_layers must be at least 1, got {num_layers}.")
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, base_channels, 4, stride=2, padding=1),
-                                   nn.LeakyReLU(0.2, inplace=True)]
+        if norm not in ("batch", "spectral"):
+            raise CXRInputError(f"norm must be 'batch' or 'spectral', got {norm!r}.")
+        spectral = norm == "spectral"
+
+        def conv(c_in: int, c_out: int, stride: int, bias: bool) -> nn.Module:
+            layer = nn.Conv2d(c_in, c_out, 4, stride=stride, padding=1, bias=bias)
+            return nn.utils.parametrizations.spectral_norm(layer) if spectral else layer
+
+        layers: list[nn.Module] = [conv(in_channels, base_channels, 2, True), nn.LeakyReLU(0.2, inplace=True)]
         channels = base_channels
         for index in range(1, num_layers + 1):
             out = base_channels * min(2**index, 8)
             stride = 2 if index < num_layers else 1
-            layers += [nn.Conv2d(channels, out, 4, stride=stride, padding=1, bias=False), nn.BatchNorm2d(out),
-                       nn.LeakyReLU(0.2, inplace=True)]
+            layers += [conv(channels, out, stride, spectral)]
+            if not spectral:
+                layers.append(nn.BatchNorm2d(out))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
             channels = out
-        layers.append(nn.Conv2d(channels, 1, 4, stride=1, padding=1))
+        layers.append(conv(channels, 1, 1, True))
         self.layers = nn.Sequential(*layers)
-        self.apply(self._init_weights)
+        if not spectral:  # spectral normalisation fixes the scale itself; PyTorch's default init suits it
+            self.apply(self._init_weights)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
