@@ -159,6 +159,17 @@ def test_prompt_groups_protocol_reports_fidelity_per_group_with_floors(tiny_mode
     for entry in fidelity.values():
         assert entry["histogram_w1"] > 0 and entry["sharpness_ratio"] > 0 and entry["spectrum_distance"] > 0
     assert fidelity["all"]["real_vs_real"]["histogram_w1"] > 0 and fidelity["all"]["n_real"] == 12
+    # distribution metrics per group against the same group's real images, beside a size-matched real floor
+    # (4 real images of each of these groups: 2 held out as the floor, 2 as the reference)
+    vae = metrics["distribution"]["vae"]
+    for group in ("pediatric pneumonia", "adult normal"):
+        entry = vae[f"group: {group}"]
+        assert entry["generated_vs_real"]["n_real"] == entry["real_vs_real"]["n_real"] == 2
+        assert entry["generated_vs_real"]["n_generated"] == entry["real_vs_real"]["n_generated"] == 2
+        assert entry["generated_vs_real"]["fd"] > 0 and entry["real_vs_real"]["fd"] > 0
+        assert metrics["diversity_ms_ssim"][f"real: {group}"]["pairs"] > 0
+    assert "group: pediatric normal" not in vae  # 2 real images only: a note says so
+    assert any("'pediatric normal': fewer than 4 real images" in note for note in metrics["notes"])
 
 
 def test_run_evaluation_leaves_the_callers_scheduler_alone(tiny_model, tmp_path):

@@ -476,9 +476,11 @@ def _diversity(images, pairs: int, seed: int) -> dict[str, float] | None:
         return None
 
 
-def image_statistics_step(generated, image_prompts: Sequence[str], real, config: EvaluationConfig) -> dict[str, Any]:
+def image_statistics_step(generated, image_prompts: Sequence[str], real, config: EvaluationConfig,
+                          real_groups: Sequence[str | None] | None = None) -> dict[str, Any]:
     """"per_image": mean and std of the per-image statistics; "diversity_ms_ssim": pairwise MS-SSIM within a set.
-    Both for the real images, all generated images and those of each prompt of `config.prompts`."""
+    Both for the real images, all generated images and those of each prompt of `config.prompts`; with `real_groups`
+    also the diversity of the real images of each group ("real: <group>", 2 images or more)."""
     by_prompt = _by_prompt(generated, image_prompts, config.prompts)
     per_image = {"real": _stats_summary(real), "generated": _stats_summary(generated)}
     for p, images in by_prompt.items():
@@ -489,6 +491,10 @@ def image_statistics_step(generated, image_prompts: Sequence[str], real, config:
         **{f"generated: {_class_name(p, config.prompts)}": _diversity(images, config.ms_ssim_pairs, config.seed)
            for p, images in by_prompt.items()},
     }
+    for group in dict.fromkeys(g for g in (real_groups or ()) if g):
+        rows = [i for i, g in enumerate(real_groups) if g == group]
+        if len(rows) >= 2:
+            diversity[f"real: {group}"] = _diversity(real[rows], config.ms_ssim_pairs, config.seed)
     return {"per_image": per_image, "diversity_ms_ssim": diversity}
 
 
@@ -516,14 +522,30 @@ def reconstruction_step(vae, real, n: int) -> dict[str, Any]:
     return {"vae_reconstruction_real": _reconstruction(vae, real, n)} if n else {}
 
 
+def _group_split(real_groups: Sequence[str | None], group: str, n_generated: int, seed: int):
+    """The real images of `group` as (held out, reference) index arrays: `n_generated` held-out images (at most half)
+    give the size-matched real-vs-real floor of the group's generated images; None below 4 real images."""
+    rows = np.flatnonzero(np.asarray([g == group for g in real_groups]))
+    if len(rows) < 4:
+        return None
+    held = min(n_generated, len(rows) // 2)
+    rows = np.random.default_rng(seed).permutation(rows)
+    return np.sort(rows[:held]), np.sort(rows[held:])
+
+
 def distribution_step(features: dict[str, dict[str, np.ndarray]], image_prompts: Sequence[str],
-                      config: EvaluationConfig) -> dict[str, Any]:
+                      config: EvaluationConfig, real_groups: Sequence[str | None] | None = None) -> dict[str, Any]:
     """"distribution": FD, KID and precision / recall / density / coverage per feature space (`extract_features`),
     generated vs real overall and per prompt (3 images or more), and with `config.real_vs_real` a seeded random
-    subset of the training images vs the real ones (the noise floor)."""
+    subset of the training images vs the real ones (the noise floor).
+
+    With `real_groups` (one prompt group per real image) and group prompts (`GROUP_PROMPTS`), also "group: <name>":
+    the group's generated images against the real images of the same group, beside the floor of as many held-out real
+    images of that group against the same reference (equal sample sizes: FD's small-sample bias cancels)."""
     kw = {"k": config.k, "kid_subsets": config.kid_subsets, "kid_subset_size": config.kid_subset_size,
           "seed": config.seed}
     distribution, notes = {}, []
+    prompt_groups = {text: name for name, text in GROUP_PROMPTS.items()}
     for name, f in features.items():
         entry = {"generated_vs_real": distribution_metrics(f["real"], f["generated"], **kw)}
         for p in config.prompts:
@@ -531,6 +553,17 @@ def distribution_step(features: dict[str, dict[str, np.ndarray]], image_prompts:
             if len(rows) >= 3:
                 entry[f"generated_vs_real: {_class_name(p, config.prompts)}"] = distribution_metrics(
                     f["real"], f["generated"][rows], **kw)
+            group = prompt_groups.get(p)
+            split = _group_split(real_groups, group, len(rows), config.seed) if real_groups and group else None
+            if split is not None and len(rows) >= 2:
+                held, reference = split
+                entry[f"group: {group}"] = {
+                    "generated_vs_real": distribution_metrics(f["real"][reference], f["generated"][rows], **kw),
+                    "real_vs_real": distribution_metrics(f["real"][reference], f["real"][held], **kw),
+                }
+            elif real_groups and group:
+                notes.append(f"{name} features, group {group!r}: fewer than 4 real images (or 2 generated), no "
+                             "per-group distribution metrics")
         if config.real_vs_real:
             if "train" in f:
                 n = min(len(f["train"]), len(f["generated"]))
@@ -690,10 +723,10 @@ def run_evaluation(
                       seconds_per_image=generated.seconds_per_image, extra=extra),
         **merge_steps(
             fidelity_step(images, prompts, real, real_groups, config.seed),
-            image_statistics_step(images, prompts, real, config),
+            image_statistics_step(images, prompts, real, config, real_groups),
             reconstruction_step(pipe.vae, real, config.reconstruction_images),
             {"notes": extractor_notes},
-            distribution_step(features, prompts, config),
+            distribution_step(features, prompts, config, real_groups),
             memorization_step(images, real, train, features, config, generated_pil=generated.pil,
                               grid_path=out_dir / "nearest_neighbours.png"),
             conditioning_step(classifier, images, prompts, real, real_classes),
