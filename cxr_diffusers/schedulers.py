@@ -5,6 +5,9 @@ v2's v-prediction with zero terminal SNR (Lin et al. 2023: `rescale_betas_zero_s
 that sampling starts from pure noise, the last step to sigma 0), built with
 `default_scheduler(prediction_type="v_prediction", zero_terminal_snr=True)` or `training_schedule(...)`. The settings
 live in the scheduler's config, so `scheduler_from_name` and diffusers' `from_config` carry them to any scheduler.
+
+"lcm" (`LCMScheduler`) is the sampler of a latent-consistency-distilled model (`train_scripts/train_lcm_distill.py`,
+a UNet with `time_cond_proj_dim`) in 2-8 steps; on a model that was not distilled it gives poor images.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from diffusers import (
     DDPMScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
+    LCMScheduler,
     UniPCMultistepScheduler,
 )
 
@@ -28,6 +32,7 @@ SCHEDULERS = {
     "ddpm": DDPMScheduler,
     "euler": EulerDiscreteScheduler,
     "unipc": UniPCMultistepScheduler,
+    "lcm": LCMScheduler,
 }
 
 # The noise schedule used for training and inference (Stable Diffusion's scaled-linear betas).
@@ -47,7 +52,8 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 # scheduler in SCHEDULERS accepts `rescale_betas_zero_snr` (DPM-Solver++, UniPC and Euler replace the terminal
 # alpha_cumprod of 0 by 2**-24 so that their sigmas stay finite); `final_sigmas_type="zero"` is already the default
 # of DPM-Solver++ (which needs algorithm_type "dpmsolver++" for it), UniPC and Euler and is stored so that it travels
-# with the config; DDIM and DDPM have no such setting and end at alpha_cumprod 1 (`set_alpha_to_one`).
+# with the config; DDIM and DDPM have no such setting and end at alpha_cumprod 1 (`set_alpha_to_one`). LCM's own
+# timestep schedule (`original_inference_steps`) always starts at the last timestep and ends on its denoised sample.
 ZERO_TERMINAL_SNR = dict(rescale_betas_zero_snr=True, timestep_spacing="trailing", final_sigmas_type="zero")
 
 

@@ -127,3 +127,31 @@ def test_help_lists_commands(capsys):
     out = capsys.readouterr().out
     for command in ("generate", "enhance", "info", "data"):
         assert command in out
+
+
+def test_generate_guidance_interval_and_lcm_scheduler(tiny_model, tmp_path, capsys):
+    from PIL import Image
+
+    common = ["generate", tiny_model, "-p", "AP chest radiograph.", "--steps", "3"]
+    assert main([*common, "-o", str(tmp_path / "all")]) == 0
+    assert main([*common, "--guidance-interval", "0", "inf", "-o", str(tmp_path / "inf")]) == 0
+    assert main([*common, "--guidance-interval", "1", "20", "-o", str(tmp_path / "some")]) == 0
+    pixels = {name: list(Image.open(tmp_path / name / "cxr_00_000_seed0.png").getdata()) for name in ("all", "inf", "some")}
+    assert pixels["inf"] == pixels["all"] != pixels["some"]  # (0, inf) guides every step: today's image
+    record = json.loads((tmp_path / "some" / "manifest.jsonl").read_text())
+    assert record["guidance_interval"] == [1.0, 20.0]
+    assert json.loads((tmp_path / "inf" / "manifest.jsonl").read_text())["guidance_interval"] == [0.0, "inf"]
+    assert "guidance_interval" not in json.loads((tmp_path / "all" / "manifest.jsonl").read_text())
+    assert read_provenance(tmp_path / "some" / "cxr_00_000_seed0.png")["guidance_interval"] == [1.0, 20.0]
+    # bad intervals: the pipeline's sentence, or the parser's
+    assert main([*common, "--guidance-interval", "5", "1", "-o", str(tmp_path / "bad")]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("cxr-diffusers generate: error:") and "needs lo <= hi" in last
+    with pytest.raises(SystemExit) as exit_info:
+        main([*common, "--guidance-interval", "nan", "1", "-o", str(tmp_path / "bad")])
+    assert exit_info.value.code == 2 and "must be a number (or inf)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*common, "--guidance-interval", "1", "-o", str(tmp_path / "bad")])
+    # --scheduler lcm (the sampler of a distilled few-step model) is selectable by name
+    assert main([*common, "--scheduler", "lcm", "-o", str(tmp_path / "lcm")]) == 0
+    assert json.loads((tmp_path / "lcm" / "manifest.jsonl").read_text())["scheduler"] == "LCMScheduler"

@@ -430,3 +430,82 @@ def test_vae_slicing_and_tiling_through_the_pipeline(pipe):
         pipe.disable_vae_tiling()
     assert not pipe.vae.use_tiling and tiled.shape == full.shape == (1, 256, 256, 1)
     assert 0 < np.abs(tiled - full).mean() < 0.1
+
+
+# ---------------------------------------------------------------------------------------------- guidance interval
+def unet_rows(pipe, **kwargs):
+    """The images and the batch size of every UNet call of one `run` (a forward hook)."""
+    rows = []
+    hook = pipe.unet.register_forward_hook(lambda module, args, output: rows.append(args[0].shape[0]))
+    try:
+        images = run(pipe, **kwargs)
+    finally:
+        hook.remove()
+    return images, rows
+
+
+def test_noise_levels_are_the_schedules_sigmas(pipe):
+    from cxr_diffusers.schedulers import default_scheduler
+
+    pipe.scheduler.set_timesteps(3)
+    alphas_cumprod = pipe.scheduler.alphas_cumprod.double()
+    expected = ((1 - alphas_cumprod[[999, 666, 333]]) / alphas_cumprod[[999, 666, 333]]).sqrt().numpy()
+    assert pipe.scheduler.timesteps.tolist() == [999, 666, 333]
+    np.testing.assert_allclose(pipe.noise_levels(pipe.scheduler.timesteps), expected, rtol=1e-12)
+    original = pipe.scheduler
+    try:  # zero terminal SNR: DDIM keeps alphas_cumprod 0 at the last timestep, an infinite noise level
+        pipe.scheduler = scheduler_from_name("ddim", default_scheduler("v_prediction", zero_terminal_snr=True).config)
+        pipe.scheduler.set_timesteps(3)
+        levels = pipe.noise_levels(pipe.scheduler.timesteps)
+        assert levels[0] == np.inf and np.isfinite(levels[1:]).all()
+        assert pipe._guided_steps(pipe.scheduler.timesteps, True, (0, 1e9)) == [False, True, True]
+        assert pipe._guided_steps(pipe.scheduler.timesteps, True, (0, float("inf"))) == [True, True, True]
+    finally:
+        pipe.scheduler = original
+
+
+def test_guidance_interval_covering_every_step_is_todays_image(pipe):
+    base, rows = unet_rows(pipe)
+    for interval in [(0, float("inf")), [0.0, np.inf], (0, 1e6)]:
+        images, interval_rows = unet_rows(pipe, guidance_interval=interval)
+        assert np.array_equal(images, base) and interval_rows == rows == [2, 2, 2]
+
+
+def test_guidance_interval_excluding_every_step_is_conditional_only_sampling(pipe):
+    conditional, conditional_rows = unet_rows(pipe, guidance_scale=1.0)
+    for interval in [(100, 200), (0, 0.5), (0, 0)]:  # the 3 steps' sigmas are 14.6, 2.9 and 0.93
+        images, rows = unet_rows(pipe, guidance_interval=interval)
+        assert np.array_equal(images, conditional) and rows == conditional_rows == [1, 1, 1]
+
+
+def test_guidance_interval_on_some_steps_makes_fewer_unet_evaluations(pipe):
+    base, conditional = run(pipe), run(pipe, guidance_scale=1.0)
+    images, rows = unet_rows(pipe, guidance_interval=(1.0, 20.0))
+    assert rows == [2, 2, 1]  # the last step (sigma 0.93) runs the conditional branch alone
+    assert np.abs(images - base).max() > 1e-4 and np.abs(images - conditional).max() > 1e-4
+    _, rows = unet_rows(pipe, guidance_interval=(0.5, 5.0))
+    assert rows == [1, 2, 2]
+    record = read_provenance(run(pipe, output_type="pil", guidance_interval=(1, 20))[0])
+    assert record["guidance_interval"] == [1.0, 20.0] and record["guidance_scale"] == 4.0
+    record = read_provenance(run(pipe, output_type="pil", guidance_interval=(0.5, float("inf")))[0])
+    assert record["guidance_interval"] == [0.5, "inf"]  # strict JSON: no Infinity
+    assert "guidance_interval" not in read_provenance(run(pipe, output_type="pil")[0])
+
+
+@pytest.mark.parametrize(
+    "interval, message",
+    [
+        ((1.0,), "must be a pair \\(lo, hi\\)"),
+        ("0 5", "must be a pair \\(lo, hi\\)"),
+        ({"lo": 0, "hi": 5}, "must be a pair \\(lo, hi\\)"),
+        ((0, 1, 2), "must be a pair \\(lo, hi\\)"),
+        ((2.0, 1.0), "needs lo <= hi"),
+        ((-1.0, 5.0), "lower bound must be 0 or more"),
+        ((float("nan"), 5.0), "bounds must be numbers"),
+        (("0", 5.0), "bounds must be numbers"),
+        ((True, 5.0), "bounds must be numbers"),
+    ],
+)
+def test_bad_guidance_intervals_get_one_clear_sentence(pipe, interval, message):
+    with pytest.raises(CXRInputError, match=message):
+        run(pipe, guidance_interval=interval)

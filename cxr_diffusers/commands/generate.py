@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -23,14 +24,30 @@ def register(subparsers) -> None:
     parser.add_argument("--num-images", "-n", type=int, default=1, help="images per prompt (default 1)")
     parser.add_argument("--steps", type=positive_int, default=25, help="denoising steps (default 25)")
     parser.add_argument("--guidance", type=finite_float, default=4.0, help="classifier-free guidance scale (default 4)")
+    parser.add_argument("--guidance-interval", type=noise_level, nargs=2, metavar=("LO", "HI"), default=None,
+                        help="apply guidance only at steps whose noise level sigma = sqrt((1 - alpha_bar) / alpha_bar) "
+                             "is in [LO, HI] (HI may be inf); the other steps run the conditional branch alone "
+                             "(default: guidance at every step)")
     parser.add_argument("--seed", type=seed_type, default=0, help="seed in [0, 2**63 - 1]; image i uses seed+i (default 0)")
     parser.add_argument("--height", type=int, default=None, help="image height (default: the model's size)")
     parser.add_argument("--width", type=int, default=None, help="image width (default: the model's size)")
-    parser.add_argument("--scheduler", default=None, help="dpm++ (default), ddim, ddpm, euler or unipc")
+    parser.add_argument("--scheduler", default=None,
+                        help="dpm++ (default), ddim, ddpm, euler, unipc, or lcm (a few-step model from train_lcm_distill.py)")
     parser.add_argument("--enhancement", default=None, help="enhancement preset applied to the outputs")
     parser.add_argument("--output-dir", "-o", default="outputs/generated", help="where to write PNGs")
     parser.add_argument("--grid", action="store_true", help="also write grid.png with all images")
     parser.set_defaults(func=run)
+
+
+def noise_level(text: str) -> float:
+    """A bound of --guidance-interval: a number, `inf` allowed (the pipeline checks 0 <= LO <= HI)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number (or inf), got {text!r}") from None
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError(f"must be a number (or inf), got {text}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     if args.scheduler:
         pipe.scheduler = scheduler_from_name(args.scheduler, pipe.scheduler.config)
     out_dir.mkdir(parents=True, exist_ok=True)
+    interval = tuple(args.guidance_interval) if args.guidance_interval else None
+    interval_record = {"guidance_interval": [v if math.isfinite(v) else str(v) for v in interval]} if interval else {}
 
     images, records, seconds = [], [], []
     for p_index, prompt in enumerate(args.prompt):
@@ -69,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
                 guidance_scale=args.guidance,
                 generator=torch.Generator().manual_seed(seed),
                 enhancement=args.enhancement,
+                guidance_interval=interval,
             ).images[0]
             seconds.append(time.perf_counter() - start)
             path = out_dir / f"cxr_{p_index:02d}_{i:03d}_seed{seed}.png"
@@ -80,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
             records.append({"file": path.name, "prompt": prompt,
                             **({"prompt_seen_by_model": record_seen} if record_seen else {}),
                             "seed": seed, "seconds": round(seconds[-1], 3),
-                            "steps": args.steps, "guidance": args.guidance, "model": args.model,
+                            "steps": args.steps, "guidance": args.guidance, **interval_record, "model": args.model,
                             "scheduler": type(pipe.scheduler).__name__, "enhancement": args.enhancement,
                             "synthetic": True, "not_for_clinical_use": True})
             write_manifest(out_dir / "manifest.jsonl", records[-1:])  # after every image: true even if interrupted

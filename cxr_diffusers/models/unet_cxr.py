@@ -35,6 +35,11 @@ class CXRUNet2DConditionModel(ModelMixin, ConfigMixin):
         norm_num_groups (`int`): GroupNorm groups.
         transformer_layers_per_block (`int`): transformer layers in each attention block.
         mid_block_attention (`bool`): whether the mid block has self/cross-attention.
+        time_cond_proj_dim (`int`, *optional*): width of an extra condition added to the timestep embedding
+            (diffusers' `TimestepEmbedding(cond_proj_dim=...)`), passed as `forward(..., timestep_cond=...)`: the
+            guidance-scale embedding of a latent consistency model (`guidance_scale_embedding`), which then needs no
+            classifier-free guidance batch. None (the default, and every model saved without it): no such input,
+            exactly the former model.
     """
 
     _supports_gradient_checkpointing = True
@@ -64,6 +69,7 @@ class CXRUNet2DConditionModel(ModelMixin, ConfigMixin):
         norm_num_groups: int = 32,
         transformer_layers_per_block: int = 1,
         mid_block_attention: bool = True,
+        time_cond_proj_dim: int | None = None,
     ):
         super().__init__()
         num_levels = len(block_out_channels)
@@ -79,7 +85,9 @@ class CXRUNet2DConditionModel(ModelMixin, ConfigMixin):
         time_embed_dim = block_out_channels[0] * 4
         self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], kernel_size=3, padding=1)
         self.time_proj = Timesteps(block_out_channels[0], flip_sin_to_cos=True, downscale_freq_shift=0)
-        self.time_embedding = TimestepEmbedding(block_out_channels[0], time_embed_dim)
+        if time_cond_proj_dim is not None and (isinstance(time_cond_proj_dim, bool) or time_cond_proj_dim < 1):
+            raise CXRInputError(f"time_cond_proj_dim must be a positive integer or None, got {time_cond_proj_dim!r}.")
+        self.time_embedding = TimestepEmbedding(block_out_channels[0], time_embed_dim, cond_proj_dim=time_cond_proj_dim)
 
         common = dict(
             temb_channels=time_embed_dim,
@@ -167,6 +175,7 @@ class CXRUNet2DConditionModel(ModelMixin, ConfigMixin):
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None = None,
         return_dict: bool = True,
+        timestep_cond: torch.Tensor | None = None,
     ) -> UNet2DConditionOutput | tuple:
         """
         Args:
@@ -174,6 +183,9 @@ class CXRUNet2DConditionModel(ModelMixin, ConfigMixin):
             timestep: a scalar or `(B,)` tensor of diffusion timesteps.
             encoder_hidden_states: text states `(B, L, cross_attention_dim)` from `CXRTextEncoder`.
             encoder_attention_mask: `(B, L)` with 1 for real tokens and 0 for padding.
+            timestep_cond: `(B, time_cond_proj_dim)` (or `(1, time_cond_proj_dim)` for the whole batch), added to
+                the timestep embedding; only for a model with `time_cond_proj_dim` (as diffusers'
+                `UNet2DConditionModel`, None leaves the embedding unconditioned).
         """
         if sample.ndim != 4 or sample.shape[1] != self.config.in_channels:
             raise CXRInputError(
@@ -195,7 +207,16 @@ class CXRUNet2DConditionModel(ModelMixin, ConfigMixin):
         if timesteps.ndim == 0:
             timesteps = timesteps[None]
         timesteps = timesteps.expand(batch)
-        temb = self.time_embedding(self.time_proj(timesteps).to(dtype=sample.dtype))
+        if timestep_cond is not None:
+            width = self.config.time_cond_proj_dim
+            if width is None:
+                raise CXRInputError("timestep_cond was given, but this UNet has no time_cond_proj_dim (it takes no "
+                                    "guidance embedding; use classifier-free guidance instead).")
+            if timestep_cond.ndim != 2 or timestep_cond.shape[1] != width or timestep_cond.shape[0] not in (1, batch):
+                raise CXRInputError(f"timestep_cond must have shape ({batch}, {width}) or (1, {width}), got "
+                                    f"{tuple(timestep_cond.shape)}.")
+            timestep_cond = timestep_cond.to(device=sample.device, dtype=sample.dtype).expand(batch, -1)
+        temb = self.time_embedding(self.time_proj(timesteps).to(dtype=sample.dtype), timestep_cond)
 
         if encoder_attention_mask is not None:
             # 1 = keep, 0 = padding -> additive bias of shape (B, 1, L)
@@ -244,3 +265,22 @@ class CXRUNet2DConditionModel(ModelMixin, ConfigMixin):
         if not return_dict:
             return (out,)
         return UNet2DConditionOutput(sample=out)
+
+
+def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int = 512, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """
+    Sinusoidal embedding `(B, embedding_dim)` of guidance weights `w` `(B,)` (VDM's, as diffusers'
+    `LatentConsistencyModelPipeline.get_guidance_scale_embedding`): the `timestep_cond` of a model with
+    `time_cond_proj_dim`. `w` is the weight of the LCM paper's guidance `cond + w * (cond - uncond)`, i.e. the
+    pipeline's `guidance_scale - 1`.
+    """
+    if w.ndim != 1:
+        raise CXRInputError(f"w must be a 1-D tensor of guidance weights, got shape {tuple(w.shape)}.")
+    w = w * 1000.0
+    half_dim = embedding_dim // 2
+    frequencies = torch.exp(torch.arange(half_dim, dtype=dtype) * -(torch.log(torch.tensor(10000.0)) / (half_dim - 1)))
+    emb = w.to(dtype)[:, None] * frequencies.to(w.device)[None, :]
+    emb = torch.cat([torch.sin(emb), torch.cos(emb)], dim=1)
+    if embedding_dim % 2 == 1:  # zero pad
+        emb = torch.nn.functional.pad(emb, (0, 1))
+    return emb

@@ -33,7 +33,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..errors import CXRInputError, ModelLoadingError, SamplingError
 from ..models.autoencoder_cxr import CXRAutoencoderKL
 from ..models.text_encoder_cxr import CXRTextEncoder
-from ..models.unet_cxr import CXRUNet2DConditionModel
+from ..models.unet_cxr import CXRUNet2DConditionModel, guidance_scale_embedding
 from ..provenance import attach_provenance, make_record
 
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -90,6 +90,12 @@ def _as_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise CXRInputError(f"{name} must be a positive integer, got {value!r}.")
     return int(value)
+
+
+def _json_number(value) -> float | str:
+    """A float for a provenance record: infinity as the string "inf" (strict JSON has no infinity)."""
+    value = float(value)
+    return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
 
 
 @dataclass
@@ -274,6 +280,7 @@ class CXRPipeline(DiffusionPipeline):
         negative_prompt_attention_mask: torch.Tensor | None = None,
         guidance_rescale: float = 0.0,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> None:
         r"""
         Validate the arguments of `__call__`; raise `CXRInputError` with one sentence on the first bad one.
@@ -294,9 +301,26 @@ class CXRPipeline(DiffusionPipeline):
             negative_prompt_attention_mask (`torch.Tensor`, *optional*): `(B, L)`, only with `negative_prompt_embeds`.
             guidance_rescale (`float`): in [0, 1].
             callback_on_step_end_tensor_inputs (`list[str]`, *optional*): names from `_callback_tensor_inputs`.
+            guidance_interval (`tuple[float, float]`, *optional*): `(lo, hi)` with `0 <= lo <= hi` (`hi` may be
+                infinite), noise levels sigma; not for a UNet with a guidance embedding.
+
+        With a guidance-embedded UNet (`time_cond_proj_dim`, a latent consistency model) there is no unconditional
+        branch: negative prompts, `guidance_rescale` and `guidance_interval` are refused.
         """
         if prompt is not None and prompt_embeds is not None:
             raise CXRInputError("Give prompt or prompt_embeds, not both.")
+        if self.guidance_embedded:
+            unused = [name for name, value in (("negative_prompt", negative_prompt),
+                                               ("negative_prompt_embeds", negative_prompt_embeds),
+                                               ("guidance_interval", guidance_interval)) if value is not None]
+            if not isinstance(guidance_rescale, bool) and isinstance(guidance_rescale, numbers.Real) and guidance_rescale:
+                unused.append("guidance_rescale")
+            if unused:
+                raise CXRInputError(
+                    f"This UNet has a guidance embedding (time_cond_proj_dim: a distilled few-step model) and runs one "
+                    f"conditional call per step without classifier-free guidance, so {', '.join(unused)} cannot be "
+                    "used; set the strength with guidance_scale."
+                )
         if prompt is None and prompt_embeds is None:
             raise CXRInputError(
                 "prompt is missing; describe the radiograph, e.g. 'PA chest radiograph, no acute findings' "
@@ -368,6 +392,14 @@ class CXRPipeline(DiffusionPipeline):
         if (isinstance(guidance_rescale, bool) or not isinstance(guidance_rescale, numbers.Real)
                 or not 0 <= float(guidance_rescale) <= 1):
             raise CXRInputError(f"guidance_rescale must be a number between 0 and 1 (typically 0.7), got {guidance_rescale!r}.")
+        if guidance_interval is not None:
+            self._check_guidance_interval(guidance_interval)
+        max_steps = getattr(self.scheduler.config, "original_inference_steps", None)  # LCMScheduler
+        if isinstance(max_steps, int) and num_inference_steps > max_steps:
+            raise CXRInputError(
+                f"{type(self.scheduler).__name__} takes at most {max_steps} steps (its original_inference_steps, the "
+                f"distillation schedule), got num_inference_steps={num_inference_steps}; 2-8 steps is what it is for."
+            )
         multiple = self.size_multiple
         for name, value in (("height", height), ("width", width)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0 or value % multiple:
@@ -420,6 +452,61 @@ class CXRPipeline(DiffusionPipeline):
                 "ruins the image; use cxr_diffusers.schedulers.scheduler_from_name(name, pipe.scheduler.config) or "
                 "pass clip_sample=False to from_config."
             )
+
+    def _check_guidance_interval(self, guidance_interval) -> None:
+        """`(lo, hi)`: two numbers, `0 <= lo <= hi` (`hi` may be infinite), and a scheduler that has noise levels."""
+        if isinstance(guidance_interval, (str, bytes)) or not isinstance(guidance_interval, (list, tuple)) \
+                or len(guidance_interval) != 2:
+            raise CXRInputError(
+                f"guidance_interval must be a pair (lo, hi) of noise levels sigma, e.g. (0.3, 5.0), got {guidance_interval!r}."
+            )
+        for value in guidance_interval:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(float(value)):
+                raise CXRInputError(
+                    f"guidance_interval bounds must be numbers (hi may be float('inf')), got {guidance_interval!r}."
+                )
+        lo, hi = (float(value) for value in guidance_interval)
+        if lo < 0:
+            raise CXRInputError(
+                f"guidance_interval's lower bound must be 0 or more (sigma = sqrt((1 - alpha_bar) / alpha_bar) is never "
+                f"negative), got {guidance_interval!r}."
+            )
+        if lo > hi:
+            raise CXRInputError(f"guidance_interval (lo, hi) needs lo <= hi, got {guidance_interval!r}.")
+        if getattr(self.scheduler, "alphas_cumprod", None) is None:
+            raise CXRInputError(
+                f"guidance_interval needs a scheduler with alphas_cumprod to know each step's noise level; "
+                f"{type(self.scheduler).__name__} has none."
+            )
+
+    @property
+    def guidance_embedded(self) -> bool:
+        """Whether the UNet takes the guidance scale as an embedding (`time_cond_proj_dim`, a latent consistency model):
+        one conditional UNet call per step instead of classifier-free guidance's two."""
+        return getattr(self.unet.config, "time_cond_proj_dim", None) is not None
+
+    def noise_levels(self, timesteps: torch.Tensor) -> np.ndarray:
+        """
+        The noise level sigma = sqrt((1 - alphas_cumprod[t]) / alphas_cumprod[t]) of each of `timesteps` (the
+        scheduler's `alphas_cumprod`, interpolated linearly between training timesteps for a scheduler whose
+        timesteps are not whole numbers); infinite at a zero-terminal-SNR schedule's last timestep where the
+        scheduler keeps alphas_cumprod 0 there. What `guidance_interval` is compared with.
+        """
+        alphas_cumprod = torch.as_tensor(self.scheduler.alphas_cumprod).detach().to("cpu", torch.float64).numpy()
+        with np.errstate(divide="ignore"):
+            train_sigmas = np.sqrt((1.0 - alphas_cumprod) / alphas_cumprod)
+        steps = torch.as_tensor(timesteps).detach().to("cpu", torch.float64).numpy()
+        return np.interp(steps, np.arange(len(train_sigmas), dtype=np.float64), train_sigmas)
+
+    def _guided_steps(self, timesteps: torch.Tensor, do_cfg: bool, guidance_interval) -> list[bool]:
+        """For each step, whether it runs classifier-free guidance: every step, or those whose sigma lies in the
+        closed interval `guidance_interval` (Kynkaanniemi et al. 2024)."""
+        if not do_cfg:
+            return [False] * len(timesteps)
+        if guidance_interval is None:
+            return [True] * len(timesteps)
+        lo, hi = (float(value) for value in guidance_interval)
+        return [bool(lo <= sigma <= hi) for sigma in self.noise_levels(timesteps)]
 
     # ------------------------------------------------------------------ text
     def _encode_text(self, prompts: list[str], device: torch.device, padding: str, text_encoder) -> tuple:
@@ -575,6 +662,7 @@ class CXRPipeline(DiffusionPipeline):
         callback_on_step_end: Callable[["CXRPipeline", int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
         enhancement: str | dict | Any | None = None,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> CXRPipelineOutput | tuple:
         r"""
         Generate chest X-rays from text.
@@ -587,7 +675,9 @@ class CXRPipeline(DiffusionPipeline):
             height (`int`, *optional*), width (`int`, *optional*): output size, a multiple of `size_multiple` (256,
                 512, 768, ...); default the training size.
             num_inference_steps (`int`, defaults to 25): denoising steps (20-25 with the default DPM-Solver++).
-            guidance_scale (`float`, defaults to 4.0): classifier-free guidance weight; <= 1 disables guidance.
+            guidance_scale (`float`, defaults to 4.0): classifier-free guidance weight; <= 1 disables guidance. With a
+                guidance-embedded UNet (`time_cond_proj_dim`, a distilled few-step model with `LCMScheduler`) the
+                embedding of `guidance_scale - 1` conditions a single UNet call per step instead.
             num_images_per_prompt (`int`, defaults to 1): images per prompt.
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): one, or one per image, for
                 reproducible results.
@@ -611,6 +701,11 @@ class CXRPipeline(DiffusionPipeline):
             enhancement (`str`, `dict` or `EnhancementPipeline`, *optional*): a preset of `cxr_diffusers.enhancement`
                 (`balanced`, `high_contrast`, `sharp_detail`, `radiographic_film`), a dict of steps, or an
                 `EnhancementPipeline`, applied to the outputs.
+            guidance_interval (`tuple[float, float]`, *optional*): `(lo, hi)`: apply classifier-free guidance only at
+                the steps whose noise level sigma = sqrt((1 - alphas_cumprod[t]) / alphas_cumprod[t]) lies in
+                [lo, hi] (`hi` may be `float("inf")`), and elsewhere run the conditional branch alone, one UNet
+                evaluation instead of two (Kynkaanniemi et al. 2024, "Applying guidance in a limited interval
+                improves sample and distribution quality"); see `noise_levels`. Default None: guidance at every step.
 
         Examples:
 
@@ -636,6 +731,7 @@ class CXRPipeline(DiffusionPipeline):
             negative_prompt_attention_mask=negative_prompt_attention_mask,
             guidance_rescale=guidance_rescale,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            guidance_interval=guidance_interval,
         )
         num_inference_steps = int(num_inference_steps)
         num_images_per_prompt = int(num_images_per_prompt)
@@ -652,7 +748,8 @@ class CXRPipeline(DiffusionPipeline):
             prompts, prompts_seen, num_prompts = None, None, prompt_embeds.shape[0]
         device = self._execution_device
         batch = num_prompts * num_images_per_prompt
-        do_cfg = guidance_scale > 1.0
+        guidance_embedded = self.guidance_embedded
+        do_cfg = guidance_scale > 1.0 and not guidance_embedded
 
         # 1. text
         prompt_embeds, prompt_mask, negative_prompt_embeds, negative_mask = self.encode_prompt(
@@ -677,15 +774,24 @@ class CXRPipeline(DiffusionPipeline):
                 f"use fewer steps (10-50 is plenty) or DDIM."
             )
         latents = self.prepare_latents(batch, height, width, prompt_embeds.dtype, device, generator, latents)
-        # Stochastic schedulers (DDPM, ancestral samplers) draw their noise from the same generator.
+        # Stochastic schedulers (DDPM, ancestral samplers, LCM's re-noising) draw their noise from the same generator.
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
+        guided = self._guided_steps(timesteps, do_cfg, guidance_interval)
+        unet_kwargs = {}
+        if guidance_embedded:  # the LCM pipeline's w_embedding: the guidance weight w = guidance_scale - 1
+            w = torch.full((batch,), float(guidance_scale) - 1.0)
+            unet_kwargs["timestep_cond"] = guidance_scale_embedding(
+                w, embedding_dim=self.unet.config.time_cond_proj_dim).to(device=device, dtype=latents.dtype)
 
-        # 3. denoising loop (both guidance branches in one batch)
+        # 3. denoising loop (both guidance branches in one batch; the conditional one alone outside guidance_interval)
+        # LCMScheduler's prev_sample is its denoised sample re-noised to the next timestep, and at the last step the
+        # denoised sample itself, so this loop ends on what diffusers' LCM pipeline decodes.
         with self.progress_bar(total=len(timesteps)) as progress:
             for step, t in enumerate(timesteps):
-                model_input = torch.cat([latents] * 2) if do_cfg else latents
+                cfg_step = guided[step]
+                model_input = torch.cat([latents] * 2) if cfg_step else latents
                 model_input = self.scheduler.scale_model_input(model_input, t)
-                if do_cfg:
+                if cfg_step:
                     length = max(negative_prompt_embeds.shape[1], prompt_embeds.shape[1])
                     negative_states, negative_states_mask = self._pad_tokens(negative_prompt_embeds, negative_mask, length)
                     states, states_mask = self._pad_tokens(prompt_embeds, prompt_mask, length)
@@ -693,8 +799,9 @@ class CXRPipeline(DiffusionPipeline):
                     mask = torch.cat([negative_states_mask, states_mask])
                 else:
                     states, mask = prompt_embeds, prompt_mask
-                noise_pred = self.unet(model_input, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
-                if do_cfg:
+                noise_pred = self.unet(model_input, t, encoder_hidden_states=states, encoder_attention_mask=mask,
+                                       **unet_kwargs).sample
+                if cfg_step:
                     noise_uncond, noise_text = noise_pred.chunk(2)
                     noise_pred = noise_uncond + guidance_scale * (noise_text - noise_uncond)
                     if guidance_rescale > 0:
@@ -734,6 +841,7 @@ class CXRPipeline(DiffusionPipeline):
                 self._attach_provenance(
                     images, prompts, negative_prompt, num_images_per_prompt, generator,
                     num_inference_steps, guidance_scale, height, width, enhancer, prompts_seen, guidance_rescale,
+                    guidance_interval, guidance_embedded,
                 )
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -761,7 +869,7 @@ class CXRPipeline(DiffusionPipeline):
 
     def _attach_provenance(
         self, images, prompts, negative_prompt, per_prompt, generator, steps, guidance, height, width, enhancer,
-        prompts_seen, guidance_rescale=0.0,
+        prompts_seen, guidance_rescale=0.0, guidance_interval=None, guidance_embedded=False,
     ) -> None:
         num_prompts = len(images) // per_prompt
         if prompts is None:  # precomputed prompt_embeds: the text is unknown
@@ -784,6 +892,9 @@ class CXRPipeline(DiffusionPipeline):
                 num_inference_steps=steps,
                 guidance_scale=float(guidance),
                 **({"guidance_rescale": float(guidance_rescale)} if guidance_rescale else {}),
+                **({"guidance_interval": [_json_number(v) for v in guidance_interval]}
+                   if guidance_interval is not None else {}),
+                **({"guidance_embedded": True} if guidance_embedded else {}),
                 height=height,
                 width=width,
                 scheduler=type(self.scheduler).__name__,
