@@ -11,7 +11,7 @@ import torch
 from diffusers import DDPMPipeline
 from safetensors.torch import load_file
 
-from test_train_scripts import TINY, load_script, xray_dataset  # noqa: F401  (xray_dataset is a fixture)
+from conftest import TINY, load_train_script as load_script
 
 TINY_RESOLUTION = json.loads(open(TINY).read())["ddpm"]["resolution"]
 
@@ -31,7 +31,7 @@ def ddpm_script():
 
 
 @pytest.fixture(scope="module")
-def full_run(ddpm_script, xray_dataset, tmp_path_factory):  # noqa: F811
+def full_run(ddpm_script, xray_dataset, tmp_path_factory):
     """6 steps, checkpoints every 3, validation every 3 (the tiny config), total limit 1."""
     out = tmp_path_factory.mktemp("ddpm")
     ddpm_script.main(["--config", TINY, "--train_data_dir", xray_dataset, "--output_dir", str(out),
@@ -65,7 +65,7 @@ def test_tiny_run_saves_a_ddpm_pipeline_that_generates(full_run):
 
 
 @pytest.mark.slow
-def test_resume_is_exact(ddpm_script, xray_dataset, tmp_path):  # noqa: F811
+def test_resume_is_exact(ddpm_script, xray_dataset, tmp_path):
     """6 steps in one run == 3 steps, stop, resume `latest` for 3 more (the state at 3 is the saved checkpoint)."""
     args = ["--config", TINY, "--train_data_dir", xray_dataset, "--validation_steps", "100"]
     full, half = tmp_path / "full", tmp_path / "half"
@@ -93,7 +93,7 @@ def test_resume_is_exact(ddpm_script, xray_dataset, tmp_path):  # noqa: F811
     (["--prediction_type", "noise"], "invalid choice: 'noise'"),
     (["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
 ])
-def test_bad_flags_exit_with_one_line(ddpm_script, xray_dataset, capsys, flags, message):  # noqa: F811
+def test_bad_flags_exit_with_one_line(ddpm_script, xray_dataset, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
         ddpm_script.main(["--config", TINY, "--train_data_dir", xray_dataset, *flags])
     assert exit_info.value.code == 2

@@ -20,7 +20,7 @@ from cxr_diffusers.models.unet_cxr import guidance_scale_embedding
 from cxr_diffusers.schedulers import default_scheduler, scheduler_from_name
 
 from conftest import PROMPT, make_tiny_pipeline
-from test_train_scripts import TINY, load_script, xray_dataset  # noqa: F401  (xray_dataset is a fixture)
+from conftest import TINY, load_train_script as load_script
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -52,7 +52,7 @@ def distil(teacher, data, output_dir, *extra):
 
 
 @pytest.fixture(scope="module")
-def distilled(teacher, xray_dataset, tmp_path_factory):  # noqa: F811
+def distilled(teacher, xray_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("lcm")
     distil(teacher, xray_dataset, out)
     return out
@@ -117,7 +117,7 @@ def test_distilled_student_makes_one_unet_call_per_step(distilled):
 
 
 @pytest.mark.slow
-def test_resume_is_exact_and_reuses_the_latent_cache(teacher, xray_dataset, tmp_path):  # noqa: F811
+def test_resume_is_exact_and_reuses_the_latent_cache(teacher, xray_dataset, tmp_path):
     """6 steps in one run == 3 steps, stop, resume for 3 more from checkpoint-3 (student, target network, optimizer,
     RNG), in another output folder that finds the first run's latents in --latents_cache_dir and must not encode."""
     cache = tmp_path / "latents"
@@ -145,7 +145,7 @@ def test_resume_is_exact_and_reuses_the_latent_cache(teacher, xray_dataset, tmp_
 
 
 @pytest.mark.slow
-def test_v_prediction_zero_terminal_snr_teacher(xray_dataset, tmp_path):  # noqa: F811
+def test_v_prediction_zero_terminal_snr_teacher(xray_dataset, tmp_path):
     teacher = make_tiny_pipeline()
     teacher.scheduler = default_scheduler("v_prediction", zero_terminal_snr=True)
     teacher.save_pretrained(tmp_path / "teacher")
@@ -174,13 +174,13 @@ def test_v_prediction_zero_terminal_snr_teacher(xray_dataset, tmp_path):  # noqa
     (["--huber_c", "0"], "--huber_c must be positive"),
     (["--num_ddim_timesteps", "0"], "--num_ddim_timesteps must be positive"),
 ])
-def test_bad_flags_exit_with_one_line(teacher, xray_dataset, tmp_path, capsys, flags, message):  # noqa: F811
+def test_bad_flags_exit_with_one_line(teacher, xray_dataset, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
         distil(teacher, xray_dataset, tmp_path, *flags)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err.strip().splitlines()[-1]
 
 
-def test_teacher_is_required(xray_dataset, tmp_path, capsys):  # noqa: F811
+def test_teacher_is_required(xray_dataset, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         load_script("train_lcm_distill").main(["--config", TINY, "--train_data_dir", xray_dataset,
                                                "--output_dir", str(tmp_path)])

@@ -14,37 +14,10 @@ import torch
 from safetensors.torch import load_file
 
 from cxr_diffusers import CXRAutoencoderKL, CXRPipeline
-from cxr_diffusers.data.pneumonia import load_pneumonia
 
-from conftest import FIXTURES_DIR, REPO_ROOT, load_train_script, shared_data_dir
+from conftest import TINY, load_train_script
 
-TINY = str(REPO_ROOT / "train_scripts" / "configs" / "tiny.json")
-
-
-load_script = load_train_script  # (name) -> a fresh module of train_scripts/<name>.py; test_train_ddpm.py imports it
-
-
-@pytest.fixture(scope="module")
-def xray_dataset(tmp_path_factory):
-    """A saved DatasetDict of real X-rays with prompts: a shared Kermany sample, or the shipped fixtures."""
-    kermany = shared_data_dir() / "kermany_pneumonia_224"
-    if kermany.is_dir():
-        data = load_pneumonia(kermany, max_samples=40, check_images="exists")
-        train, validation = data["train"].select(range(8)), data["test"].select(range(2))
-    else:
-        files = sorted(str(p) for p in (FIXTURES_DIR / "kermany").rglob("*.jpeg"))
-        rows = {
-            "image": files * 3,
-            "prompt": ["Pediatric chest radiograph. Findings: pneumonia." if "PNEUMONIA" in f else
-                       "Pediatric chest radiograph. No acute cardiopulmonary abnormality." for f in files] * 3,
-            "labels": [["pneumonia"] if "PNEUMONIA" in f else [] for f in files] * 3,
-            "source": ["kermany"] * (3 * len(files)),
-        }
-        data = datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image(mode="L"))
-        train, validation = data.select(range(8)), data.select(range(2))
-    folder = tmp_path_factory.mktemp("xrays")
-    datasets.DatasetDict({"train": train, "validation": validation}).save_to_disk(folder)
-    return str(folder)
+load_script = load_train_script  # (name) -> a fresh module of train_scripts/<name>.py
 
 
 @pytest.fixture(scope="module")
