@@ -144,7 +144,7 @@ def test_prompt_groups_protocol_reports_fidelity_per_group_with_floors(tiny_mode
 
     files = sorted(str(p) for p in (FIXTURES_DIR / "kermany").rglob("*.jpeg")) + sorted(
         str(p) for p in (FIXTURES_DIR / "nih").glob("*.png"))
-    rows = {"image": files * 2, "source": (["kermany"] * 3 + ["nih_subset"] * 3) * 2,
+    rows = {"image": files * 2, "source": ["kermany" if "/kermany/" in f else "nih_subset" for f in files] * 2,
             "labels": [["pneumonia"] if ("PNEUMONIA" in f or "/Pn_" in f) else [] for f in files] * 2}
     data = datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image(mode="L"))
     datasets.DatasetDict({"test": data}).save_to_disk(tmp_path / "real")
