@@ -88,11 +88,11 @@ def format_table(rows: list[dict]) -> str:
     def show(v):
         return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
-    lines = [f"{'gate':<18} {'group':<20} {'value':>8} {'floor':>8}  {'target':<22} pass",
-             "-" * 86]
+    lines = [f"{'gate':<20} {'group':<20} {'value':>8} {'floor':>8}  {'target':<22} pass",
+             "-" * 88]
     for r in rows:
         verdict = "n/a" if r["pass"] is None else "yes" if r["pass"] else "NO"
-        lines.append(f"{r['gate']:<18} {r['group']:<20} {show(r['value']):>8} {show(r['floor']):>8}  "
+        lines.append(f"{r['gate']:<20} {r['group']:<20} {show(r['value']):>8} {show(r['floor']):>8}  "
                      f"{r['target']:<22} {verdict}")
     return "\n".join(lines)
 
