@@ -127,7 +127,7 @@ def render_model_card(template: str | os.PathLike, card_data: dict[str, Any] | N
 
 
 def list_templates() -> list[str]:
-    """Names of the bundled model-card templates (`pipeline`, `vae`, `ddpm`, `classifier`, `lcm`)."""
+    """Names of the bundled model-card templates (`pipeline`, `vae`, `ddpm`, `classifier`, `lcm`, `synthetic_dataset`)."""
     if not TEMPLATES_DIR.is_dir():  # an install without its package data
         return []
     return sorted(entry.name[: -len(".md")] for entry in TEMPLATES_DIR.iterdir() if entry.name.endswith(".md"))

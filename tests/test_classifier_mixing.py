@@ -42,17 +42,23 @@ def data_args(tmp_path_factory):
 
 
 def _synthetic_folder(root, count):
+    """A folder in the layout `cxr-diffusers synthesize` writes: data/0000/<index>.png and metadata.jsonl."""
     root.mkdir()
     sources = sorted((FIXTURES_DIR / "kermany").rglob("*.jpeg"))
     lines = []
     for i in range(count):
         source = sources[i % len(sources)]
-        name = f"cxr_{i // 4:02d}_{i % 4:03d}_seed{i}.png"
+        name = f"data/{i // 1000:04d}/{i:07d}.png"
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
         Image.open(source).convert("L").resize((96, 96)).save(root / name)
-        prompt = ("Pediatric chest radiograph. Findings: pneumonia." if "PNEUMONIA" in str(source)
+        pneumonia = "PNEUMONIA" in str(source)
+        prompt = ("Pediatric chest radiograph. Findings: pneumonia." if pneumonia
                   else "Pediatric chest radiograph. No acute cardiopulmonary abnormality.")
-        lines.append(json.dumps({"file": name, "prompt": prompt, "seed": i, "synthetic": True}))
-    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+        lines.append(json.dumps({"file_name": name, "index": i, "prompt": prompt,
+                                 "label": "pneumonia" if pneumonia else "normal",
+                                 "labels": ["pneumonia"] if pneumonia else [], "seed": i, "filter_passed": None,
+                                 "synthetic": True, "not_for_clinical_use": True}))
+    (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     return root
 
 
@@ -103,7 +109,7 @@ def test_bad_arguments_and_synthetic_folders(script, data_args, tmp_path):
         script.parse_args([*base, "--seeds", "0", "0"])
     assert script.parse_args([*base, "--model_config", "base"]).architecture == "resnet-50"
     (tmp_path / "no_manifest").mkdir()
-    with pytest.raises(DataError, match="has no manifest.jsonl"):
+    with pytest.raises(DataError, match="has no metadata.jsonl"):
         script.main([*base, "--synthetic_data_dir", str(tmp_path / "no_manifest"), "--synthetic_ratio", "0.5"])
     too_few = _synthetic_folder(tmp_path / "too_few", 2)
     with pytest.raises(DataError, match="only 2"):

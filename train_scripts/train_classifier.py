@@ -120,7 +120,8 @@ def parse_args(argv=None):
                         help="stratified subset of validation and test (debugging; the metrics then are not the "
                              "official ones)")
     parser.add_argument("--synthetic_data_dir", default=None,
-                        help="folder written by `cxr-diffusers generate` (images + manifest.jsonl)")
+                        help="folder written by `cxr-diffusers synthesize` (imagefolder + metadata.jsonl) or "
+                             "`cxr-diffusers generate` (images + manifest.jsonl)")
     parser.add_argument("--synthetic_ratio", type=float, default=0.0,
                         help="add round(r * N_real) synthetic images to the N_real training images")
     parser.add_argument("--duplicate_real_ratio", type=float, default=0.0,

@@ -3,7 +3,7 @@
 A training set is a list of `Record`s (image source + label + origin), built without decoding any image:
 
     real = records_from_dataset(load_pneumonia(root)["train"])          # lazy: file paths / PNG bytes
-    synthetic = read_synthetic_manifest("outputs/synthetic")            # `cxr-diffusers generate` folder
+    synthetic = read_synthetic_manifest("outputs/synthetic")            # `cxr-diffusers synthesize` / `generate` folder
     records, counts = mix_records(real, synthetic, synthetic_ratio=0.5, seed=0)
     dataset = XrayClassificationDataset(records, build_transforms(224, train=True))
 
@@ -17,8 +17,9 @@ Mixing (`mix_records`), with N real training images and ratio r >= 0:
 The splits of a training run come from `load_splits` (Kermany root, PneumoniaMNIST .npz or a saved `DatasetDict`,
 with a validation split carved from train by patient when there is none); `make_dataloader` batches records.
 
-Labels of synthetic images come from the manifest: an explicit `label` field (NORMAL/PNEUMONIA, 0/1) when present,
-otherwise the prompt (`label_from_prompt`); an image whose label cannot be told is an error that names the file.
+Labels of synthetic images come from the folder's list (`metadata.jsonl` of `cxr-diffusers synthesize`, or the
+`manifest.jsonl` of `cxr-diffusers generate`): the `labels` findings, else an explicit `label` field (NORMAL/PNEUMONIA,
+0/1), otherwise the prompt (`label_from_prompt`); an image whose label cannot be told is an error that names the file.
 
 Transforms suited to radiographs: small rotations / translations / scaling, brightness and contrast jitter; no flips
 (a vertical flip is anatomically impossible, a horizontal one moves the heart to the right). Images are resized to a
@@ -352,20 +353,26 @@ def _parse_label(value: Any) -> int | None:
 
 
 def read_synthetic_manifest(folder: str | os.PathLike, check_images: bool = True) -> list[Record]:
-    """Records of a `cxr-diffusers generate` folder: images listed in its `manifest.jsonl` with their labels.
+    """Records of a synthetic folder: a `cxr-diffusers synthesize` dataset or a `cxr-diffusers generate` folder.
 
-    Each line is a JSON object with `file` (relative to the folder) and `prompt`, optionally `label`. Raises `DataError`
-    for a missing folder or manifest, a malformed line, a missing image, or a label that is neither given nor
-    readable from the prompt. With `check_images`, each image header is opened (cheap) to catch non-images.
+    A `synthesize` folder (an imagefolder dataset) lists its images in `metadata.jsonl`: `file_name` (relative to the
+    folder) and `labels` (the findings; pneumonia among them -> PNEUMONIA, else NORMAL), else `label`, else `prompt`.
+    Its rows with `filter_passed: false` (images that failed the quality filter on every try) are left out. A
+    `generate` folder lists them in `manifest.jsonl`: `file` and `prompt`, optionally `label`. Raises `DataError` for
+    a missing folder or list, a malformed line, a missing image, or a label that is neither given nor readable from
+    the prompt. With `check_images`, each image header is opened (cheap) to catch non-images.
     """
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"--synthetic_data_dir {root} is not a folder.")
-    manifest = root / "manifest.jsonl"
+    manifest = root / "metadata.jsonl"
+    file_key = "file_name"
+    if not manifest.is_file():
+        manifest, file_key = root / "manifest.jsonl", "file"
     if not manifest.is_file():
         raise DataError(
-            f"The synthetic folder {root} has no manifest.jsonl; write it with `cxr-diffusers generate` (one JSON "
-            f"line per image with 'file' and 'prompt' or 'label')."
+            f"The synthetic folder {root} has no metadata.jsonl (a `cxr-diffusers synthesize` dataset, written when "
+            f"its run is complete) and has no manifest.jsonl (a `cxr-diffusers generate` folder)."
         )
     records = []
     first_line: dict[str, int] = {}
@@ -376,23 +383,28 @@ def read_synthetic_manifest(folder: str | os.PathLike, check_images: bool = True
             entry = json.loads(line)
         except json.JSONDecodeError as err:
             raise DataError(f"{manifest} line {number} is not valid JSON ({err.msg}).") from None
-        if not isinstance(entry, dict) or not entry.get("file"):
-            raise DataError(f"{manifest} line {number} has no 'file' field.")
-        if entry["file"] in first_line:  # two labels for one image would silently corrupt an experiment
-            raise DataError(f"{manifest} lists {entry['file']} twice (lines {first_line[entry['file']]} and {number}); "
+        if not isinstance(entry, dict) or not entry.get(file_key):
+            raise DataError(f"{manifest} line {number} has no '{file_key}' field.")
+        name = str(entry[file_key])
+        if name in first_line:  # two labels for one image would silently corrupt an experiment
+            raise DataError(f"{manifest} lists {name} twice (lines {first_line[name]} and {number}); "
                             "keep only the line of the image now on disk.")
-        first_line[entry["file"]] = number
-        path = root / entry["file"]
-        if "label" in entry and entry["label"] is not None:
+        first_line[name] = number
+        if entry.get("filter_passed") is False:
+            continue  # kept by synthesize only to be counted, never to be trained on
+        path = root / name
+        if isinstance(entry.get("labels"), list):
+            label = int(any("pneumonia" in str(finding).lower() for finding in entry["labels"]))
+        elif "label" in entry and entry["label"] is not None:
             label = _parse_label(entry["label"])
             if label is None:
-                raise DataError(f"Synthetic image {entry['file']} has the unknown label {entry['label']!r} "
+                raise DataError(f"Synthetic image {name} has the unknown label {entry['label']!r} "
                                 f"({manifest} line {number}); use NORMAL or PNEUMONIA.")
         else:
             label = label_from_prompt(entry.get("prompt", ""))
             if label is None:
                 raise DataError(
-                    f"Cannot tell NORMAL or PNEUMONIA for synthetic image {entry['file']} from its prompt "
+                    f"Cannot tell NORMAL or PNEUMONIA for synthetic image {name} from its prompt "
                     f"{entry.get('prompt', '')!r} ({manifest} line {number}); add a 'label' field to that line."
                 )
         if not path.is_file():
@@ -406,9 +418,9 @@ def read_synthetic_manifest(folder: str | os.PathLike, check_images: bool = True
             if min(size) < MIN_IMAGE_SIZE:
                 raise DataError(f"Synthetic image {path} is only {size[0]}x{size[1]} pixels (minimum "
                                 f"{MIN_IMAGE_SIZE}).")
-        records.append(Record(str(path), label, "synthetic", str(entry["file"])))
+        records.append(Record(str(path), label, "synthetic", name))
     if not records:
-        raise DataError(f"{manifest} lists no images.")
+        raise DataError(f"{manifest} lists no images" + (" that passed the quality filter." if first_line else "."))
     return records
 
 
@@ -430,7 +442,7 @@ def mix_records(real: list[Record], synthetic: list[Record] | None = None, *, sy
     extra: list[Record] = []
     if synthetic_ratio > 0:
         if not synthetic:
-            raise CXRInputError("--synthetic_ratio needs --synthetic_data_dir (a folder with images and manifest.jsonl).")
+            raise CXRInputError("--synthetic_ratio needs --synthetic_data_dir (a folder with images and metadata.jsonl or manifest.jsonl).")
         wanted = round(synthetic_ratio * n_real)
         if wanted > len(synthetic):
             raise DataError(
