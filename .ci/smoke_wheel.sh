@@ -34,7 +34,9 @@ cd "$TMP/cwd"
 export HF_HUB_OFFLINE=1 HF_HOME="$TMP/hf-home"
 "$TMP/venv/bin/cxr-diffusers" --help > help.txt
 grep -q "generate" help.txt || { echo "smoke_wheel: cxr-diffusers --help lists no commands" >&2; exit 1; }
-"$VPY" smoke_wheel.py
+# the templates the checkout has are the ones the wheel must carry
+CXR_EXPECTED_TEMPLATES=$(cd "$ROOT/cxr_diffusers/model_cards" && ls ./*.md | sed 's|^\./||; s|\.md$||' | paste -sd, -) \
+    "$VPY" smoke_wheel.py
 # the bundled classifier lives in the checkout's pretrained/: outside it, classify asks for --model in one sentence
 status=0; "$TMP/venv/bin/cxr-diffusers" classify smoke-output/smoke.png 2> classify.txt || status=$?
 [ "$status" -eq 2 ] && grep -q "pass --model" classify.txt \
