@@ -126,6 +126,17 @@ def tiny_model(tmp_path_factory) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ training scripts
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module (tiny models run faster so, and a busy machine is not slowed further)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 TINY = str(REPO_ROOT / "train_scripts" / "configs" / "tiny.json")  # the tiny config of every training script
 
 

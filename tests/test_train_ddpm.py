@@ -16,13 +16,7 @@ from conftest import TINY, load_train_script as load_script
 TINY_RESOLUTION = json.loads(open(TINY).read())["ddpm"]["resolution"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: the tiny UNet is faster so, and a busy machine is not slowed further."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the tiny models are faster so on a busy CPU
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,7 @@ from conftest import PROMPT, make_tiny_pipeline
 from conftest import TINY, load_train_script as load_script
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: the tiny UNets are faster so, and a busy machine is not slowed further."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the tiny models are faster so on a busy CPU
 
 
 @pytest.fixture(scope="module")
