@@ -19,12 +19,14 @@ _EXPORTS = {
     "CXRPipeline": "pipelines",
     "CXRPipelineOutput": "pipelines",
     "MODEL_CONFIGS": "configs",
+    "TINY_AUTOENCODER_CONFIG": "configs",
     "create_components": "configs",
     "get_model_config": "configs",
     "CXRInputError": "errors",
     "DataError": "errors",
     "ModelLoadingError": "errors",
     "SamplingError": "errors",
+    "load_fast_pipeline": "fast",
     "NOT_FOR_CLINICAL_USE": "provenance",
     "read_provenance": "provenance",
 }
@@ -45,8 +47,9 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .configs import MODEL_CONFIGS, create_components, get_model_config
+    from .configs import MODEL_CONFIGS, TINY_AUTOENCODER_CONFIG, create_components, get_model_config
     from .errors import CXRInputError, DataError, ModelLoadingError, SamplingError
+    from .fast import load_fast_pipeline
     from .models import CXRAutoencoderKL, CXRPatchDiscriminator, CXRTextEncoder, CXRUNet2DConditionModel
     from .pipelines import CXRPipeline, CXRPipelineOutput
     from .provenance import NOT_FOR_CLINICAL_USE, read_provenance

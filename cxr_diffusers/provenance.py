@@ -1,7 +1,9 @@
 """Provenance metadata for generated images: every synthetic X-ray says what it is.
 
 `attach_provenance` stores a JSON record (synthetic, not for clinical use, prompt, seed, steps, guidance, model,
-scheduler, enhancement) in `image.info[PROVENANCE_KEY]`. `read_provenance(path_or_image)` reads it back.
+scheduler, enhancement) in `image.info[PROVENANCE_KEY]`. `read_provenance(path_or_image)` reads it back. In fast
+mode (`cxr_diffusers.fast`) `CXRPipeline` also records `distilled_unet` (the folder of a guidance-embedded,
+distilled UNet), `tiny_decoder` (the folder of an AutoencoderTiny decoder) and `decoder` (its class).
 
 Saving: importing this module wraps Pillow's PNG, JPEG, WebP and TIFF save handlers (once), so that saving *any*
 PIL image whose `info` holds the record writes it, even when the image is a `copy()`, `resize()`, `crop()` or

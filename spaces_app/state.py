@@ -5,6 +5,10 @@ Concurrency: gradio runs event handlers in worker threads. The pipeline's weight
 generation runs on a light per-request view of the pipeline with its own scheduler (schedulers keep per-call state),
 so concurrent calls are safe when `--concurrency` allows several (useful on a GPU). On a CPU the queue runs one
 generation at a time (`concurrency_id="pipeline"` in the tabs): torch already uses every core for one.
+
+Fast mode: where the model's fast folder exists (`<model>-lcm`, e.g. pretrained/cxr-ldm-small-lcm, or `CXR_FAST_MODEL`),
+the generator offers a distilled few-step UNet with its LCMScheduler and, if the folder has `vae_tiny/`, the tiny
+decoder; they load on first use and share the base pipeline's text encoder.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ class AppConfig:
         default_factory=lambda: _split_env("CXR_RUNS_DIRS")
         or [str(REPO_ROOT / d) for d in ("runs", "outputs", "benchmarks/results", "pretrained")]
     )
+    # The fast folder (distilled UNet + LCMScheduler + optional vae_tiny/); None: `<model>-lcm` where it exists.
+    fast_model: str | None = field(default_factory=lambda: os.environ.get("CXR_FAST_MODEL") or None)
     device: str = "auto"
     max_images: int = 4
     max_steps: int = 100
@@ -121,6 +127,8 @@ class AppState:
         self.pipe_error: str | None = None
         self.pipe_load_seconds: float | None = None
         self.default_scheduler = "dpm++"
+        self._fast = None  # (unet, scheduler config, tiny decoder or None), loaded on first use
+        self._fast_lock = threading.Lock()
         self._classifier = None
         self._classifier_lock = threading.Lock()
         self._datasets: OrderedDict[str, Any] = OrderedDict()
@@ -185,6 +193,51 @@ class AppState:
     def default_size(self) -> int:
         return int(self.pipe.default_size) if self.pipe is not None else 256
 
+    # ------------------------------------------------------------------------------------------------ fast mode
+    @property
+    def fast_folder(self) -> str | None:
+        """The fast folder of the model (`fast_model`, or the sibling `<model>-lcm`) when it holds a distilled UNet."""
+        from cxr_diffusers.fast import default_fast_folder, has_distilled_unet
+
+        folder = self.config.fast_model or (default_fast_folder(self.config.model)
+                                            if os.path.isdir(self.config.model) else None)
+        return folder if has_distilled_unet(folder) else None
+
+    @property
+    def fast_available(self) -> bool:
+        return self.pipe is not None and self.fast_folder is not None
+
+    def fast_parts(self):
+        """`(unet, scheduler config, tiny decoder or None)` of the fast folder, loaded once on the pipeline's device."""
+        with self._fast_lock:
+            if self._fast is not None:
+                return self._fast
+            pipe = self.require_pipeline()
+            folder = self.fast_folder
+            if folder is None:
+                raise gr.Error("Fast mode needs a distilled model beside the model (a '-lcm' folder with unet/ and "
+                               "scheduler/); none was found.")
+            from cxr_diffusers import CXRInputError
+            from cxr_diffusers.fast import (
+                TINY_DECODER_FOLDER,
+                has_tiny_decoder,
+                load_distilled_unet,
+                load_tiny_decoder,
+            )
+
+            try:
+                unet, scheduler = load_distilled_unet(folder)
+                tiny_folder = os.path.join(folder, TINY_DECODER_FOLDER)
+                tiny = load_tiny_decoder(tiny_folder) if has_tiny_decoder(tiny_folder) else None
+                pipe._check_vae(tiny if tiny is not None else pipe.vae, unet)
+            except CXRInputError as err:
+                raise gr.Error(f"The fast model at {folder!r} could not be loaded: {err}") from None
+            unet.to(pipe.device, pipe.unet.dtype)
+            if tiny is not None:
+                tiny.to(pipe.device)
+            self._fast = (unet, scheduler.config, tiny)
+            return self._fast
+
     @contextlib.contextmanager
     def _track(self):
         with self._stats_lock:
@@ -199,17 +252,28 @@ class AppState:
 
     def generate(self, prompt: str, *, negative_prompt: str | None, size: int, steps: int, guidance: float,
                  scheduler: str, seeds: list[int], enhancement: Any = None,
-                 on_step: Callable[[int, int], None] | None = None):
-        """Images (PIL, mode L, with provenance) for `prompt`, one per seed, and the seconds it took."""
+                 on_step: Callable[[int, int], None] | None = None, fast: bool = False):
+        """Images (PIL, mode L, with provenance) for `prompt`, one per seed, and the seconds it took. `fast`: the
+        distilled UNet with its LCMScheduler (`scheduler` is not used) and the tiny decoder where there is one."""
         import torch
 
         from cxr_diffusers import CXRInputError, CXRPipeline
         from cxr_diffusers.schedulers import scheduler_from_name
 
         pipe = self.require_pipeline()
+        fast_parts = self.fast_parts() if fast else None
         try:
             components = dict(pipe.components)
-            components["scheduler"] = scheduler_from_name(scheduler, pipe.scheduler.config)
+            if fast_parts is not None:
+                from diffusers import LCMScheduler
+
+                unet, scheduler_config, tiny = fast_parts
+                components["unet"] = unet
+                components["scheduler"] = LCMScheduler.from_config(scheduler_config)
+                if tiny is not None:
+                    components["vae"] = tiny
+            else:
+                components["scheduler"] = scheduler_from_name(scheduler, pipe.scheduler.config)
             view = CXRPipeline(**components)  # shares the weights; own scheduler state
             view.register_to_config(_name_or_path=self.config.model)
             view.set_progress_bar_config(disable=True)

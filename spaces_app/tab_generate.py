@@ -19,6 +19,9 @@ EXAMPLE_PROMPTS = [
     "PA chest radiograph of a 45 year old male. Findings: right lower lobe pneumonia.",
     "AP chest radiograph of a 70 year old male. Findings: covid-19, bilateral opacities.",
 ]
+STANDARD_MODE = "standard"
+FAST_MODE = "fast (distilled, 4 steps)"
+FAST_STEPS = 4
 MAX_SEED = 2**32 - 1
 MAX_GUIDANCE = 20.0
 MAX_PROMPT_CHARS = 1000
@@ -47,10 +50,16 @@ def scheduler_choices() -> list[str]:
     return list(SCHEDULERS)
 
 
+def mode_choices(state: AppState) -> list[str]:
+    """The generator's modes: the fast one only where the model has a distilled fast folder beside it."""
+    return [STANDARD_MODE, FAST_MODE] if state.fast_available else [STANDARD_MODE]
+
+
 def make_generate_fn(state: AppState):
     def generate(prompt, negative_prompt, resolution, steps, guidance, scheduler, seed, random_seed, num_images,
-                 enhancement, progress=gr.Progress()):
-        """Generate synthetic chest X-rays from a radiology prompt (lossless grayscale PNGs with provenance)."""
+                 enhancement, mode=STANDARD_MODE, progress=gr.Progress()):
+        """Generate synthetic chest X-rays from a radiology prompt (lossless grayscale PNGs with provenance); mode
+        "fast (distilled, 4 steps)" uses the distilled few-step model and its tiny decoder where they exist."""
         from cxr_diffusers import read_provenance
 
         if not isinstance(prompt, str) or not prompt.strip():
@@ -69,6 +78,8 @@ def make_generate_fn(state: AppState):
         check_choice("Scheduler", scheduler, scheduler_choices())
         count = check_number("Number of images", num_images, 1, state.config.max_images, integer=True)
         check_choice("Enhancement preset", enhancement, preset_choices())
+        check_choice("Mode", mode, mode_choices(state))
+        fast = mode == FAST_MODE
         if random_seed or seed is None:
             seed = random.SystemRandom().randrange(MAX_SEED - count)
         seed = check_number("Seed", seed, 0, MAX_SEED - count + 1, integer=True)
@@ -82,7 +93,7 @@ def make_generate_fn(state: AppState):
         images, seconds = state.generate(
             prompt.strip(), negative_prompt=(negative_prompt or "").strip() or None, size=size, steps=steps,
             guidance=guidance, scheduler=scheduler, seeds=seeds,
-            enhancement=None if enhancement == "none" else enhancement, on_step=on_step,
+            enhancement=None if enhancement == "none" else enhancement, on_step=on_step, fast=fast,
         )
         progress(1.0, desc="Saving PNGs")
         folder = state.new_output_dir()
@@ -101,9 +112,10 @@ def make_generate_fn(state: AppState):
                     archive.write(path, arcname=path.rsplit("/", 1)[-1])
                 archive.writestr("provenance.json", json.dumps(records, indent=2))
         per_step = seconds / steps
+        sampler = "the distilled model" if fast else scheduler
         timing = (
             f"**{count} image{'s' if count > 1 else ''} of {size}x{size} in {seconds:.2f} s** "
-            f"({steps} steps of {scheduler}, {per_step * 1000:.0f} ms per step; seed{'s' if count > 1 else ''} "
+            f"({steps} steps of {sampler}, {per_step * 1000:.0f} ms per step; seed{'s' if count > 1 else ''} "
             f"{', '.join(map(str, seeds))}; device {pipe.device.type})."
         )
         gallery = [(p, f"seed {s}") for p, s in zip(paths, seeds)]
@@ -136,6 +148,10 @@ def build(state: AppState) -> GenerateTab:
                 random_seed = gr.Checkbox(False, label="Random seed", min_width=120)
                 count = CheckedSlider(1, state.config.max_images, value=1, step=1, label="Number of images")
             enhancement = gr.Dropdown(preset_choices(), value="none", label="Enhancement preset")
+            modes = mode_choices(state)
+            mode = gr.Radio(modes, value=STANDARD_MODE, label="Mode", visible=len(modes) > 1, elem_id="generate-mode",
+                            info="fast: the distilled few-step UNet (one call per step, no negative prompt) and the "
+                                 "tiny decoder where there is one")
             generate = gr.Button("Generate", variant="primary", elem_id="generate-button")
             if state.pipe is None:
                 gr.Markdown(f"**Model not available.** {state.pipe_error}", elem_classes=["cxr-warning"])
@@ -154,10 +170,18 @@ def build(state: AppState) -> GenerateTab:
     selected = gr.State(0)
 
     generate_fn = make_generate_fn(state)
-    inputs = [prompt, negative, resolution, steps, guidance, scheduler, seed, random_seed, count, enhancement]
+    inputs = [prompt, negative, resolution, steps, guidance, scheduler, seed, random_seed, count, enhancement, mode]
     outputs = [gallery, timing, download, provenance, paths, selected]
     gr.on([generate.click, prompt.submit], generate_fn, inputs, outputs, api_name="generate",
           concurrency_id="pipeline", concurrency_limit=state.config.concurrency, show_progress_on=[gallery])
+
+    def switch_mode(value):
+        """Fast mode samples in 4 LCM steps; the standard mode goes back to the model's own scheduler."""
+        if value == FAST_MODE:
+            return gr.update(value=FAST_STEPS), gr.update(value="lcm", interactive=False)
+        return gr.update(value=25), gr.update(value=state.default_scheduler, interactive=True)
+
+    mode.change(switch_mode, mode, [steps, scheduler], api_visibility="private", queue=False)
 
     def select(evt: gr.SelectData):
         return evt.index

@@ -12,7 +12,8 @@ def test_every_named_size_configures_every_component(name):
     from cxr_diffusers.classification.model import resolve_architecture
 
     config = get_model_config(name)
-    assert set(config) == {"vae", "unet", "text_encoder", "ddpm", "classifier"}
+    assert set(config) == {"vae", "unet", "text_encoder", "tiny_autoencoder", "ddpm", "classifier"}
+    assert config["tiny_autoencoder"]["latent_channels"] == config["vae"]["latent_channels"]
     assert resolve_architecture(name) == config["classifier"]["architecture"]
     unet = UNet2DModel(**config["ddpm"], sample_size=32, in_channels=1, out_channels=1)
     assert unet.config.block_out_channels == tuple(config["ddpm"]["block_out_channels"])

@@ -22,6 +22,12 @@ Checkpoints hold the student and its target network (`unet`, `unet_target`), so 
 is exact. Ends with a complete `CXRPipeline` in `<output_dir>/pipeline` whose scheduler is `LCMScheduler` (the
 teacher's schedule, `original_inference_steps=--num_ddim_timesteps`) and whose UNet has `time_cond_proj_dim`; with
 `--use_ema` (the configs' default) it ships the target network's weights, else the online student's.
+
+It also writes the fast folder `<output_dir>/fast` that ships beside the teacher (`pretrained/cxr-ldm-small-lcm` next
+to `pretrained/cxr-ldm-small`): `unet/` (the same student), `scheduler/` (the same LCMScheduler), `README.md` (a card
+naming the teacher) and, with `--tiny_autoencoder FOLDER` (from train_tiny_autoencoder.py, for the teacher's VAE),
+`vae_tiny/`. It loads with `cxr_diffusers.load_fast_pipeline(teacher, fast)` or `cxr-diffusers generate TEACHER
+--distilled FAST --tiny-decoder`.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import inspect
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -48,6 +55,7 @@ from tqdm.auto import tqdm
 
 from cxr_diffusers import CXRInputError, CXRPipeline, CXRUNet2DConditionModel
 from cxr_diffusers.data.prompts import PromptBuilder
+from cxr_diffusers.fast import SCHEDULER_FOLDER, TINY_DECODER_FOLDER, UNET_FOLDER, load_tiny_decoder
 from cxr_diffusers.hub import DATA_CITATIONS, create_hub_repo, push_folder, save_model_card
 from cxr_diffusers.models.unet_cxr import guidance_scale_embedding
 from cxr_diffusers.training_utils import (
@@ -155,6 +163,9 @@ def parse_args(argv=None):
                              "file per (dataset fingerprint, VAE encoder, resolution) (default: <output_dir>, one file)")
     parser.add_argument("--latents_cache_dtype", default="float32", choices=["float32", "float16"],
                         help="dtype of the cached posterior moments (float16 halves memory and disk)")
+    parser.add_argument("--tiny_autoencoder", default=None,
+                        help="an AutoencoderTiny folder trained for the teacher's VAE (train_tiny_autoencoder.py's "
+                             "<output_dir>/vae_tiny), copied into <output_dir>/fast/vae_tiny")
     parser.add_argument("--output_dir", default="runs/lcm")
     # Copied from train_scripts/train_ldm.py:logging_and_hub_flags
     parser.add_argument("--logging_dir", default="logs")
@@ -183,6 +194,9 @@ def parse_args(argv=None):
         parser.error(f"--validation_inference_steps cannot exceed --num_ddim_timesteps ({args.num_ddim_timesteps}): "
                      "LCMScheduler samples a subset of the distillation schedule")
     args.validation_prompts = args.validation_prompts or train_ldm.DEFAULT_VALIDATION_PROMPTS
+    if args.tiny_autoencoder is not None and not (Path(args.tiny_autoencoder) / "config.json").is_file():
+        parser.error(f"--tiny_autoencoder {args.tiny_autoencoder} is not a saved AutoencoderTiny folder (no config.json); "
+                     "give train_tiny_autoencoder.py's <output_dir>/vae_tiny")
     # Copied from train_scripts/train_ldm.py:common_flag_checks
     if args.dataloader_num_workers < 0:
         parser.error(f"--dataloader_num_workers must be 0 or more, got {args.dataloader_num_workers}")
@@ -392,6 +406,13 @@ def main(argv=None):
                             f"{args.resolution}.")
     for frozen in (vae, text_encoder, teacher_unet):
         frozen.requires_grad_(False).eval()
+    # The tiny decoder must fit the teacher's latents: checked now, not after the training.
+    tiny_decoder = load_tiny_decoder(args.tiny_autoencoder) if args.tiny_autoencoder else None
+    if tiny_decoder is not None:
+        try:
+            CXRPipeline._check_vae(tiny_decoder, teacher_unet)
+        except CXRInputError as error:
+            raise CXRInputError(f"--tiny_autoencoder {args.tiny_autoencoder}: {error}") from None
     unet = make_student(teacher_unet, args.unet_time_cond_proj_dim)
     unet.train()
     solver = DDIMSolver(schedule.alphas_cumprod, schedule.config.num_train_timesteps, args.num_ddim_timesteps)
@@ -568,10 +589,62 @@ def main(argv=None):
             losses=train_ldm.describe_final_loss(history.history.get("loss", [])),
             citations="\n".join(f"- {c}" for c in DATA_CITATIONS.values()),
         )
+        export_fast_folder(output_dir / "fast", shipped, sampler, args, schedule, summary, history, dataset,
+                           accelerator, start)
         accelerator.print(json.dumps(summary, indent=2))
         if args.push_to_hub:
             push_folder(output_dir / "pipeline", args.hub_model_id, token=args.hub_token)
     accelerator.end_training()
+
+
+def export_fast_folder(folder: Path, unet, scheduler, args, schedule, summary: dict, history, dataset, accelerator,
+                       start: float) -> Path:
+    """
+    The fast folder that ships beside the teacher: `unet/` (the student), `scheduler/` (its LCMScheduler), `README.md`
+    (the card, naming the teacher) and, with `--tiny_autoencoder`, a copy of that folder as `vae_tiny/`; it loads
+    with `cxr_diffusers.load_fast_pipeline(teacher, folder)`.
+    """
+    unet.save_pretrained(folder / UNET_FOLDER)
+    scheduler.save_pretrained(folder / SCHEDULER_FOLDER)
+    tiny_text = "not included: the teacher's VAE decodes (add one with train_lcm_distill.py --tiny_autoencoder)"
+    if args.tiny_autoencoder:
+        shutil.copytree(args.tiny_autoencoder, folder / TINY_DECODER_FOLDER, dirs_exist_ok=True)
+        tiny_text = (f"the tiny decoder (AutoencoderTiny for the teacher's VAE latents) from {args.tiny_autoencoder}; "
+                     "its own card is vae_tiny/README.md")
+    (folder / "training_summary.json").write_text(json.dumps(
+        {**summary, "tiny_autoencoder": str(args.tiny_autoencoder) if args.tiny_autoencoder else None}, indent=2))
+    teacher_name = str(args.pretrained_teacher_model)
+    zero_snr = bool(schedule.config.rescale_betas_zero_snr)
+    save_model_card(
+        folder, "lcm_fast",
+        card_data={"license": "apache-2.0", "library_name": "diffusers", "pipeline_tag": "text-to-image",
+                   "tags": ["chest-x-ray", "medical-imaging", "synthetic-data", "lcm", "latent-consistency",
+                            "not-for-clinical-use"],
+                   **({} if os.path.exists(teacher_name) else {"base_model": teacher_name})},
+        model_name=(args.hub_model_id + "-fast") if args.hub_model_id else "cxr-lcm-fast", repo_id=str(folder),
+        teacher=teacher_name,
+        teacher_schedule=f"{schedule.config.prediction_type} prediction{', zero terminal SNR' if zero_snr else ''}, "
+                         f"{schedule.config.num_train_timesteps} timesteps",
+        scheduler=f"original_inference_steps {scheduler.config.original_inference_steps}, timestep_scaling "
+                  f"{scheduler.config.timestep_scaling:g}",
+        tiny_decoder=tiny_text,
+        distillation=f"DDIM solver on {args.num_ddim_timesteps} timesteps, "
+                     f"{'pseudo-Huber loss (c ' + str(args.huber_c) + ')' if args.loss_type == 'huber' else 'L2 loss'}, "
+                     f"target network EMA decay {args.ema_decay}",
+        guidance_range=f"{args.w_min + 1:g} to {args.w_max + 1:g} (guidance_scale)",
+        shipped_weights=summary["shipped_weights"],
+        time_cond_proj_dim=unet.config.time_cond_proj_dim,
+        unet_parameters=f"{sum(p.numel() for p in unet.parameters()):,}",
+        data=f"{Path(args.train_data_dir).name if args.train_data_dir else args.dataset_name} "
+             f"({len(dataset)} training images)",
+        steps=summary["global_step"], batch=args.train_batch_size,
+        hardware=f"{accelerator.device.type}, {accelerator.num_processes} process(es), "
+                 f"{torch.get_num_threads()} torch thread(s)",
+        hours=f"{(time.time() - start) / 3600:.2f} (this run)",
+        losses=train_ldm.describe_final_loss(history.history.get("loss", [])),
+        citations="\n".join(f"- {c}" for c in DATA_CITATIONS.values()),
+    )
+    return folder
 
 
 if __name__ == "__main__":

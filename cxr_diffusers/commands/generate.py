@@ -1,4 +1,11 @@
-"""`cxr-diffusers generate`: prompts -> PNGs with provenance, a manifest.jsonl and optionally a grid."""
+"""`cxr-diffusers generate`: prompts -> PNGs with provenance, a manifest.jsonl and optionally a grid.
+
+Fast mode (see `cxr_diffusers.fast`): `--distilled FOLDER` swaps in a distilled few-step UNet and its LCMScheduler
+(4 steps unless `--steps` says otherwise), `--tiny-decoder [FOLDER]` a small distilled decoder (default
+`<distilled>/vae_tiny`), and `--fast` both from the model's sibling folder `<model>-lcm`:
+
+    cxr-diffusers generate pretrained/cxr-ldm-small --fast -p "PA chest radiograph. Findings: pneumonia."
+"""
 
 from __future__ import annotations
 
@@ -22,7 +29,8 @@ def register(subparsers) -> None:
     parser.add_argument("--prompt", "-p", action="append", required=True, help="prompt (repeat for several)")
     parser.add_argument("--negative-prompt", default=None, help="negative prompt applied to every prompt")
     parser.add_argument("--num-images", "-n", type=int, default=1, help="images per prompt (default 1)")
-    parser.add_argument("--steps", type=positive_int, default=25, help="denoising steps (default 25)")
+    parser.add_argument("--steps", type=positive_int, default=None,
+                        help="denoising steps (default 25; 4 with --distilled or --fast)")
     parser.add_argument("--guidance", type=finite_float, default=4.0, help="classifier-free guidance scale (default 4)")
     parser.add_argument("--guidance-interval", type=noise_level, nargs=2, metavar=("LO", "HI"), default=None,
                         help="apply guidance only at steps whose noise level sigma = sqrt((1 - alpha_bar) / alpha_bar) "
@@ -34,6 +42,16 @@ def register(subparsers) -> None:
     parser.add_argument("--scheduler", default=None,
                         help="dpm++ (default), ddim, ddpm, euler, unipc, or lcm (a few-step model from train_lcm_distill.py)")
     parser.add_argument("--enhancement", default=None, help="enhancement preset applied to the outputs")
+    fast = parser.add_argument_group("fast mode (a distilled model beside MODEL)")
+    fast.add_argument("--distilled", default=None, metavar="FOLDER",
+                      help="a distilled few-step model's folder (train_lcm_distill.py's <output_dir>/fast: unet/ and "
+                           "scheduler/): its UNet and LCMScheduler replace MODEL's; 4 steps by default")
+    fast.add_argument("--tiny-decoder", nargs="?", const=True, default=None, metavar="FOLDER",
+                      help="decode with a small distilled decoder (an AutoencoderTiny for MODEL's VAE latents): FOLDER, "
+                           "or without FOLDER the distilled model's vae_tiny/ (put the flag after MODEL)")
+    fast.add_argument("--fast", action="store_true",
+                      help="--distilled <MODEL>-lcm --tiny-decoder: the fast folder shipped beside MODEL "
+                           "(pretrained/cxr-ldm-small-lcm beside pretrained/cxr-ldm-small)")
     parser.add_argument("--output-dir", "-o", default="outputs/generated", help="where to write PNGs")
     parser.add_argument("--grid", action="store_true", help="also write grid.png with all images")
     parser.set_defaults(func=run)
@@ -50,10 +68,42 @@ def noise_level(text: str) -> float:
     return value
 
 
+def fast_mode_folders(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """`(distilled, tiny_decoder)` folders of `--distilled` / `--tiny-decoder` / `--fast` (None where unused), with
+    one-sentence errors for a combination or folder that cannot work."""
+    from ..errors import CXRInputError, ModelLoadingError
+    from ..fast import TINY_DECODER_FOLDER, default_fast_folder, has_tiny_decoder
+
+    distilled, tiny = args.distilled, args.tiny_decoder
+    if args.fast:
+        if distilled:
+            raise CXRInputError("--fast loads the distilled model beside MODEL (<MODEL>-lcm); give --fast or "
+                                "--distilled FOLDER, not both.")
+        if not os.path.isdir(args.model):
+            raise CXRInputError(f"--fast needs MODEL to be a local folder (it loads <MODEL>-lcm beside it); {args.model!r} "
+                                "is not one, so give --distilled FOLDER.")
+        distilled = default_fast_folder(args.model)
+        if not os.path.isdir(distilled):
+            raise ModelLoadingError(f"--fast: there is no distilled model folder {distilled!r} beside {args.model!r}; "
+                                    "give --distilled FOLDER (train_lcm_distill.py writes one as <output_dir>/fast).")
+        if tiny is None:
+            tiny = True
+    if tiny is True:
+        if not distilled:
+            raise CXRInputError("--tiny-decoder without FOLDER uses the distilled model's vae_tiny/; give --distilled "
+                                "FOLDER (or --fast), or --tiny-decoder FOLDER.")
+        tiny = os.path.join(distilled, TINY_DECODER_FOLDER)
+        if not has_tiny_decoder(tiny):
+            raise ModelLoadingError(f"The distilled model folder {distilled!r} has no {TINY_DECODER_FOLDER}/ (the tiny "
+                                    "decoder); give --tiny-decoder FOLDER, or drop it to decode with MODEL's VAE.")
+    return distilled, tiny
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..errors import CXRInputError
+    from ..fast import FAST_STEPS, load_distilled_unet, load_tiny_decoder
     from ..pipelines import CXRPipeline
     from ..provenance import read_provenance
     from ..schedulers import scheduler_from_name
@@ -67,12 +117,20 @@ def run(args: argparse.Namespace) -> int:
     if last_seed > MAX_SEED:
         raise CXRInputError(f"--seed {args.seed} leaves no room for {len(args.prompt) * args.num_images} seeds below 2**63.")
     out_dir = check_writable_dir(args.output_dir, "--output-dir")  # before the model loads
-    pipe = CXRPipeline.from_pretrained(args.model)
+    distilled, tiny = fast_mode_folders(args)
+    steps = args.steps or (FAST_STEPS if distilled else 25)
+    overrides = dict(zip(("unet", "scheduler"), load_distilled_unet(distilled))) if distilled else {}
+    tiny_vae = load_tiny_decoder(tiny) if tiny else None
+    pipe = CXRPipeline.from_pretrained(args.model, **overrides)
+    if tiny_vae is not None:
+        pipe._check_vae(tiny_vae, pipe.unet)
+        pipe.vae = tiny_vae
     if args.scheduler:
         pipe.scheduler = scheduler_from_name(args.scheduler, pipe.scheduler.config)
     out_dir.mkdir(parents=True, exist_ok=True)
     interval = tuple(args.guidance_interval) if args.guidance_interval else None
     interval_record = {"guidance_interval": [v if math.isfinite(v) else str(v) for v in interval]} if interval else {}
+    fast_record = {**({"distilled": distilled} if distilled else {}), **({"tiny_decoder": tiny} if tiny else {})}
 
     images, records, seconds = [], [], []
     for p_index, prompt in enumerate(args.prompt):
@@ -84,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
                 negative_prompt=args.negative_prompt,
                 height=args.height,
                 width=args.width,
-                num_inference_steps=args.steps,
+                num_inference_steps=steps,
                 guidance_scale=args.guidance,
                 generator=torch.Generator().manual_seed(seed),
                 enhancement=args.enhancement,
@@ -100,14 +158,17 @@ def run(args: argparse.Namespace) -> int:
             records.append({"file": path.name, "prompt": prompt,
                             **({"prompt_seen_by_model": record_seen} if record_seen else {}),
                             "seed": seed, "seconds": round(seconds[-1], 3),
-                            "steps": args.steps, "guidance": args.guidance, **interval_record, "model": args.model,
+                            "steps": steps, "guidance": args.guidance, **interval_record, "model": args.model,
+                            **fast_record,
                             "scheduler": type(pipe.scheduler).__name__, "enhancement": args.enhancement,
                             "synthetic": True, "not_for_clinical_use": True})
             write_manifest(out_dir / "manifest.jsonl", records[-1:])  # after every image: true even if interrupted
     if args.grid:
         make_grid(images, cols=min(len(images), 4)).save(out_dir / "grid.png")
     per_image = sorted(seconds)[len(seconds) // 2]
-    print(f"Wrote {len(images)} image(s) to {out_dir}/ (manifest.jsonl{', grid.png' if args.grid else ''}); "
+    mode = (f" in fast mode ({'distilled UNet, ' if distilled else ''}{steps} steps"
+            f"{', tiny decoder' if tiny else ''})") if fast_record else ""
+    print(f"Wrote {len(images)} image(s) to {out_dir}/ (manifest.jsonl{', grid.png' if args.grid else ''}){mode}; "
           f"median {per_image:.2f} s per image. Synthetic images: not for clinical use.")
     return 0
 

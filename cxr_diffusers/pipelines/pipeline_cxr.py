@@ -4,6 +4,16 @@
     image = pipe("PA chest radiograph of a 45 year old male. Findings: right lower lobe pneumonia.",
                  generator=torch.Generator().manual_seed(0)).images[0]
 
+Fast mode: a distilled few-step UNet (`time_cond_proj_dim`, `LCMScheduler`) and a small distilled decoder
+(diffusers' `AutoencoderTiny`, trained on this VAE's scaled latents by `train_scripts/train_tiny_autoencoder.py`) swap
+in the diffusers way (see `cxr_diffusers.load_fast_pipeline`):
+
+    unet = CXRUNet2DConditionModel.from_pretrained("pretrained/cxr-ldm-small-lcm", subfolder="unet")
+    pipe = CXRPipeline.from_pretrained("pretrained/cxr-ldm-small", unet=unet,
+                                       scheduler=LCMScheduler.from_pretrained("pretrained/cxr-ldm-small-lcm",
+                                                                              subfolder="scheduler"))
+    pipe.vae = AutoencoderTiny.from_pretrained("pretrained/cxr-ldm-small-lcm", subfolder="vae_tiny")
+
 Synthetic images, NOT FOR CLINICAL USE: every PIL output carries that label and its generation parameters in its
 metadata (see `cxr_diffusers.provenance`).
 """
@@ -23,7 +33,7 @@ import PIL.Image
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from diffusers import DiffusionPipeline
+from diffusers import AutoencoderTiny, DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers import KarrasDiffusionSchedulers  # noqa: F401  (documented scheduler family)
 from diffusers.utils import BaseOutput, replace_example_docstring
@@ -98,6 +108,17 @@ def _json_number(value) -> float | str:
     return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
 
 
+def vae_downsample_factor(vae) -> int:
+    """Image pixels per latent pixel of `vae`: `CXRAutoencoderKL.downsample_factor`, an `AutoencoderTiny`'s
+    `upsampling_scaling_factor ** (levels - 1)`, else diffusers' `2 ** (len(block_out_channels) - 1)`."""
+    if isinstance(vae, AutoencoderTiny):
+        return int(vae.config.upsampling_scaling_factor) ** (len(vae.config.decoder_block_out_channels) - 1)
+    factor = getattr(vae, "downsample_factor", None)
+    if isinstance(factor, int):
+        return factor
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 @dataclass
 class CXRPipelineOutput(BaseOutput):
     """
@@ -114,7 +135,8 @@ class CXRPipeline(DiffusionPipeline):
     Text-to-chest-X-ray latent diffusion.
 
     Args:
-        vae ([`CXRAutoencoderKL`]): encodes/decodes grayscale X-rays to/from latents.
+        vae ([`CXRAutoencoderKL`] or `diffusers.AutoencoderTiny`): encodes/decodes grayscale X-rays to/from latents;
+            an `AutoencoderTiny` trained on the VAE's scaled latents (scaling_factor 1.0) is the fast mode's decoder.
         text_encoder ([`CXRTextEncoder`]): BERT-family encoder with a projection to the UNet's cross-attention width.
         tokenizer (`transformers.PreTrainedTokenizerBase`): the text encoder's tokenizer.
         unet ([`CXRUNet2DConditionModel`]): the latent denoiser.
@@ -127,7 +149,7 @@ class CXRPipeline(DiffusionPipeline):
 
     def __init__(
         self,
-        vae: CXRAutoencoderKL,
+        vae: CXRAutoencoderKL | AutoencoderTiny,
         text_encoder: CXRTextEncoder,
         tokenizer: PreTrainedTokenizerBase,
         unet: CXRUNet2DConditionModel,
@@ -135,10 +157,7 @@ class CXRPipeline(DiffusionPipeline):
     ):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
-        if vae.config.latent_channels != unet.config.in_channels:
-            raise CXRInputError(
-                f"The VAE has {vae.config.latent_channels} latent channels but the UNet expects {unet.config.in_channels}."
-            )
+        self._check_vae(vae, unet)
         if text_encoder.config.projection_dim != unet.config.cross_attention_dim:
             raise CXRInputError(
                 f"The text encoder projects to {text_encoder.config.projection_dim} but the UNet's "
@@ -146,7 +165,7 @@ class CXRPipeline(DiffusionPipeline):
             )
         # [-1, 1] decoder output -> [0, 1] -> np (B, H, W, 1) / PIL mode "L" (diffusers' grayscale case)
         self.image_processor = VaeImageProcessor(
-            vae_scale_factor=vae.downsample_factor,
+            vae_scale_factor=vae_downsample_factor(vae),
             vae_latent_channels=vae.config.latent_channels,
             do_normalize=True,
             do_convert_grayscale=True,
@@ -214,15 +233,35 @@ class CXRPipeline(DiffusionPipeline):
 
             write_remote_code(save_directory, type(self))
 
+    @staticmethod
+    def _check_vae(vae, unet) -> None:
+        """The VAE (or tiny autoencoder) must decode the UNet's latents into one grey channel."""
+        what = "tiny autoencoder (AutoencoderTiny)" if isinstance(vae, AutoencoderTiny) else "VAE"
+        if vae.config.latent_channels != unet.config.in_channels:
+            raise CXRInputError(
+                f"The {what} has {vae.config.latent_channels} latent channels but the UNet expects "
+                f"{unet.config.in_channels}."
+            )
+        if getattr(vae.config, "out_channels", 1) != 1:
+            raise CXRInputError(
+                f"The {what} decodes {vae.config.out_channels} channels; chest X-rays need one grey channel "
+                "(an RGB TAESD does not fit this latent space: train one with train_scripts/train_tiny_autoencoder.py)."
+            )
+
     # ------------------------------------------------------------------ properties
     @property
     def vae_scale_factor(self) -> int:
-        return self.vae.downsample_factor
+        return vae_downsample_factor(self.vae)
 
     @property
     def size_multiple(self) -> int:
         """Image height/width must be multiples of this (VAE downsampling x UNet downsampling)."""
-        return self.vae.downsample_factor * self.unet.downsample_factor
+        return vae_downsample_factor(self.vae) * self.unet.downsample_factor
+
+    @property
+    def tiny_decoder(self) -> bool:
+        """Whether `vae` is a small distilled decoder (`AutoencoderTiny`, the fast mode's)."""
+        return isinstance(self.vae, AutoencoderTiny)
 
     @property
     def default_size(self) -> int:
@@ -242,11 +281,17 @@ class CXRPipeline(DiffusionPipeline):
         Decode images larger than one VAE tile (`vae.tile_sample_min_size`, the VAE's training size by default) in
         overlapping blended tiles: bounded memory at 512-1024 px, close to but not equal to the untiled image.
         """
+        if self.tiny_decoder:
+            raise CXRInputError(
+                "The tiny decoder (AutoencoderTiny) has no tiled decoding for one-channel images; it decodes large "
+                "images whole, so call the pipeline without enable_vae_tiling."
+            )
         self.vae.enable_tiling(tile_sample_min_size=tile_sample_min_size, tile_overlap_factor=tile_overlap_factor)
 
     def disable_vae_tiling(self) -> None:
         """Decode in one step again."""
-        self.vae.disable_tiling()
+        if not self.tiny_decoder:
+            self.vae.disable_tiling()
 
     # ------------------------------------------------------------------ checks
     def _check_states(self, embeds, mask, name: str, mask_name: str) -> None:
@@ -309,6 +354,7 @@ class CXRPipeline(DiffusionPipeline):
         """
         if prompt is not None and prompt_embeds is not None:
             raise CXRInputError("Give prompt or prompt_embeds, not both.")
+        self._check_vae(self.vae, self.unet)  # also a VAE swapped in after loading (`pipe.vae = tiny`)
         if self.guidance_embedded:
             unused = [name for name, value in (("negative_prompt", negative_prompt),
                                                ("negative_prompt_embeds", negative_prompt_embeds),
@@ -859,6 +905,17 @@ class CXRPipeline(DiffusionPipeline):
             "DPM-Solver++ or UniPC), a lower guidance scale, or DDIM."
         )
 
+    def _fast_components_record(self, guidance_embedded: bool) -> dict[str, Any]:
+        """Provenance of the fast mode's parts: the distilled UNet's folder (`distilled_unet`) and the tiny decoder's
+        (`tiny_decoder`), from their `_name_or_path` ("unknown" for a model built in memory)."""
+        record: dict[str, Any] = {}
+        if guidance_embedded:
+            record["distilled_unet"] = str(getattr(self.unet.config, "_name_or_path", None) or "unknown")
+        if self.tiny_decoder:
+            record["tiny_decoder"] = str(getattr(self.vae.config, "_name_or_path", None) or "unknown")
+            record["decoder"] = type(self.vae).__name__
+        return record
+
     # ------------------------------------------------------------------ post-processing
     @staticmethod
     def _apply_enhancement(images: torch.Tensor, enhancer) -> torch.Tensor:
@@ -880,6 +937,7 @@ class CXRPipeline(DiffusionPipeline):
         )
         model = self.config.get("_name_or_path")
         model = str(model) if model else None
+        components = self._fast_components_record(guidance_embedded)
         for i, image in enumerate(images):
             g = generators[i]
             record = make_record(
@@ -895,6 +953,7 @@ class CXRPipeline(DiffusionPipeline):
                 **({"guidance_interval": [_json_number(v) for v in guidance_interval]}
                    if guidance_interval is not None else {}),
                 **({"guidance_embedded": True} if guidance_embedded else {}),
+                **components,
                 height=height,
                 width=width,
                 scheduler=type(self.scheduler).__name__,
