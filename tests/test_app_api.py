@@ -229,7 +229,7 @@ def test_metrics_dashboard(client):
     assert evaluation["value"].endswith("eval-tiny") and training["value"].endswith("ldm-tiny")
     assert "1 evaluation run(s), 1 training run(s) and 1 benchmark file(s)" in note
     assert bench["headers"][:3] == ["file", "benchmark", "device"] and len(bench["data"]) == 2
-    assert ["bench_sampling.json", "goal_256.speedup_vs_seed.seed", "5.2"] in summary["data"]
+    assert ["bench_sampling.json", "goals.default.s_per_image", "0.4"] in summary["data"]
     table, plots, text = client.predict(evaluation["value"], api_name="/metrics_evaluation")
     metrics = {row[0]: row[1] for row in table["data"]}
     assert metrics["distribution.vae.frechet_distance"] == "12.5" and len(plots) == 2
