@@ -42,6 +42,10 @@ def register(subparsers) -> None:
     parser.add_argument("--scheduler", default=None,
                         help="dpm++ (default), ddim, ddpm, euler, unipc, or lcm (a few-step model from train_lcm_distill.py)")
     parser.add_argument("--enhancement", default=None, help="enhancement preset applied to the outputs")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "auto"], default="float32",
+                        help="weights and compute dtype: float32 (default), bfloat16 (about 2.5x faster on CPUs with "
+                             "AMX/AVX512-BF16, images within a few grey levels), or auto (bfloat16 where the CPU runs "
+                             "it natively)")
     fast = parser.add_argument_group("fast mode (a distilled model beside MODEL)")
     fast.add_argument("--distilled", default=None, metavar="FOLDER",
                       help="a distilled few-step model's folder (train_lcm_distill.py's <output_dir>/fast: unet/ and "
@@ -66,6 +70,17 @@ def noise_level(text: str) -> float:
     if math.isnan(value):
         raise argparse.ArgumentTypeError(f"must be a number (or inf), got {text}")
     return value
+
+
+def resolve_dtype(name: str):
+    """`--dtype`: float32, bfloat16, or auto = bfloat16 where the CPU (or GPU) runs it natively, else float32."""
+    import torch
+
+    from ..evaluation.timing import bf16_supported
+
+    if name == "auto":
+        return torch.bfloat16 if bf16_supported("cuda" if torch.cuda.is_available() else "cpu") else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
 def fast_mode_folders(args: argparse.Namespace) -> tuple[str | None, str | None]:
@@ -127,6 +142,9 @@ def run(args: argparse.Namespace) -> int:
         pipe.vae = tiny_vae
     if args.scheduler:
         pipe.scheduler = scheduler_from_name(args.scheduler, pipe.scheduler.config)
+    dtype = resolve_dtype(args.dtype)
+    if dtype is not torch.float32:
+        pipe.to(dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
     interval = tuple(args.guidance_interval) if args.guidance_interval else None
     interval_record = {"guidance_interval": [v if math.isfinite(v) else str(v) for v in interval]} if interval else {}
@@ -161,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
                             "steps": steps, "guidance": args.guidance, **interval_record, "model": args.model,
                             **fast_record,
                             "scheduler": type(pipe.scheduler).__name__, "enhancement": args.enhancement,
-                            "synthetic": True, "not_for_clinical_use": True})
+                            "dtype": str(dtype).removeprefix("torch."), "synthetic": True, "not_for_clinical_use": True})
             write_manifest(out_dir / "manifest.jsonl", records[-1:])  # after every image: true even if interrupted
     if args.grid:
         make_grid(images, cols=min(len(images), 4)).save(out_dir / "grid.png")
