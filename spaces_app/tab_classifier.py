@@ -1,4 +1,9 @@
-"""Classifier tab: an uploaded or generated X-ray -> NORMAL / PNEUMONIA probabilities and a Grad-CAM overlay."""
+"""Classifier tab: an uploaded or generated X-ray -> NORMAL / PNEUMONIA probabilities and a Grad-CAM overlay.
+
+Images that are not chest radiographs (blank or uniform, a handful of grey levels, pixel noise, or, where the classifier
+folder holds `ood_statistics.safetensors`, features far from real radiographs: `cxr_diffusers.classification.ood`) are
+refused with the reason, never given a probability.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,19 @@ class ClassifierTab:
 
 def make_fn(state: AppState):
     lock = threading.Lock()  # Grad-CAM hooks the shared model: one call at a time
+    statistics: dict = {}  # classifier path -> its OOD feature statistics (None: structural check only)
+
+    def ood_statistics():
+        path = str(state.config.classifier)
+        if path not in statistics:
+            from cxr_diffusers.classification.ood import load_ood_statistics
+            from cxr_diffusers.errors import ModelLoadingError
+
+            try:
+                statistics[path] = load_ood_statistics(path)
+            except ModelLoadingError as err:
+                raise gr.Error(str(err)) from None
+        return statistics[path]
 
     def classify(image, target):
         """NORMAL / PNEUMONIA probabilities of a chest X-ray and a Grad-CAM overlay of the chosen class."""
@@ -32,15 +50,18 @@ def make_fn(state: AppState):
                 LABEL2ID,
                 grad_cam,
                 overlay_heatmap,
-                pneumonia_probabilities,
                 prepare_pixel_values,
             )
+            from cxr_diffusers.classification.ood import classify_images
         except ImportError as err:
             raise gr.Error(f"The classification module is not complete in this version ({err}).") from None
+        stats = ood_statistics()
         with lock:
-            pixel_values = prepare_pixel_values(processor, image)  # one preprocessing for the answer and the map
-            p = float(pneumonia_probabilities(model, pixel_values)[0])
-            label = "PNEUMONIA" if p >= 0.5 else "NORMAL"
+            result = classify_images(model, processor, [image], statistics=stats)[0]
+            if result.problem:  # a confident probability for a non-radiograph would be a wrong answer
+                raise gr.Error(f"Not classified: {result.problem}. Upload a chest radiograph (PNG or JPEG).")
+            p, label = float(result.p_pneumonia), result.label
+            pixel_values = prepare_pixel_values(processor, image)  # the map's input, as the answer's
             cam_class = label if target == "predicted class" else target
             cam = grad_cam(model, pixel_values, target=LABEL2ID[cam_class])
         overlay = save_png(overlay_heatmap(image, cam), state.new_output_dir(), f"gradcam_{cam_class.lower()}")

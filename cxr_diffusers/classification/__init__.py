@@ -5,6 +5,10 @@
   images), `pneumonia_probabilities` / `class_probabilities` (of a batch of `pixel_values`), `prepare_pixel_values`.
 - `data`: `load_xray`, `build_transforms`, `load_splits`, `records_from_dataset`, `read_synthetic_manifest`,
   `mix_records`, `XrayClassificationDataset`, `make_dataloader`.
+- `ood`: the input check of the public callers (`cxr-diffusers classify`, the app, `predict_proba(...,
+  check_inputs=True)`): `classify_images` answers NOT_A_RADIOGRAPH with a reason for blank, uniform or noise images
+  and, with `FeatureStatistics` stored beside the weights (`load_ood_statistics`), for images whose penultimate
+  features are far (Mahalanobis) from real radiographs.
 - `card`: `save_classifier_card`, the README.md of a trained model.
 - `metrics`: `evaluate_predictions` (accuracy, precision, recall, F1, AUROC, sensitivity, specificity with bootstrap
   95% CIs), `summarize_seeds`.
@@ -35,6 +39,7 @@ from .metrics import (
     binary_metrics,
     bootstrap_metrics,
     evaluate_predictions,
+    resampled_metrics,
     roc_auc,
     summarize_seeds,
 )
@@ -52,6 +57,14 @@ from .model import (
     resolve_architecture,
     save_classifier,
 )
+from .ood import (
+    OOD_STATISTICS_FILE,
+    ClassifiedImage,
+    FeatureStatistics,
+    classify_images,
+    load_ood_statistics,
+    structure_problem,
+)
 from .plots import plot_confusion_matrix, plot_roc, plot_training_curves
 
 __all__ = [
@@ -60,6 +73,9 @@ __all__ = [
     "LABEL2ID",
     "METRICS",
     "MIN_IMAGE_SIZE",
+    "OOD_STATISTICS_FILE",
+    "ClassifiedImage",
+    "FeatureStatistics",
     "Record",
     "XrayClassificationDataset",
     "binary_metrics",
@@ -68,10 +84,12 @@ __all__ = [
     "build_transforms",
     "class_probabilities",
     "class_weights",
+    "classify_images",
     "evaluate_predictions",
     "grad_cam",
     "label_from_prompt",
     "load_classifier",
+    "load_ood_statistics",
     "load_splits",
     "load_xray",
     "make_dataloader",
@@ -86,10 +104,12 @@ __all__ = [
     "prepare_pixel_values",
     "read_synthetic_manifest",
     "records_from_dataset",
+    "resampled_metrics",
     "resolve_architecture",
     "roc_auc",
     "save_classifier",
     "save_classifier_card",
     "stratified_subset",
+    "structure_problem",
     "summarize_seeds",
 ]

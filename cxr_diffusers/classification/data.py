@@ -164,12 +164,14 @@ class Record:
     label: int
     origin: str = "real"  # real | synthetic | duplicate
     name: str = ""
+    patient_id: str = ""  # from the dataset's patient_id column where it has one (patient-level subsets)
 
 
 def records_from_dataset(dataset, origin: str = "real") -> list[Record]:
     """Records from a `datasets.Dataset` of the common schema, without decoding images.
 
-    The label is 1 when "pneumonia" is in `labels` (or a `label` column is 1 / "PNEUMONIA").
+    The label is 1 when "pneumonia" is in `labels` (or a `label` column is 1 / "PNEUMONIA"). A `patient_id` column,
+    where there is one, is kept in each record's `patient_id`.
     """
     import datasets
 
@@ -186,14 +188,15 @@ def records_from_dataset(dataset, origin: str = "real") -> list[Record]:
     else:
         raise DataError("The dataset has neither a 'labels' nor a 'label' column to take the class from.")
     names = raw["file_name"] if "file_name" in raw.column_names else [None] * len(raw)
+    patients = raw["patient_id"] if "patient_id" in raw.column_names else [""] * len(raw)
     records = []
-    for index, (image, label, name) in enumerate(zip(raw["image"], labels, names)):
+    for index, (image, label, name, patient) in enumerate(zip(raw["image"], labels, names, patients)):
         if isinstance(image, dict):
             source = image.get("bytes") or image.get("path")
             name = name or image.get("path") or f"{origin} image {index}"
         else:
             source, name = image, name or f"{origin} image {index}"
-        records.append(Record(source, label, origin, str(name)))
+        records.append(Record(source, label, origin, str(name), str(patient or "")))
     return records
 
 
@@ -352,12 +355,15 @@ def _parse_label(value: Any) -> int | None:
     return {"0": 0, "1": 1, "NORMAL": 0, "HEALTHY": 0, "NO FINDING": 0}.get(text)
 
 
-def read_synthetic_manifest(folder: str | os.PathLike, check_images: bool = True) -> list[Record]:
+def read_synthetic_manifest(folder: str | os.PathLike, check_images: bool = True,
+                            include_failed: bool = False) -> list[Record]:
     """Records of a synthetic folder: a `cxr-diffusers synthesize` dataset or a `cxr-diffusers generate` folder.
 
     A `synthesize` folder (an imagefolder dataset) lists its images in `metadata.jsonl`: `file_name` (relative to the
     folder) and `labels` (the findings; pneumonia among them -> PNEUMONIA, else NORMAL), else `label`, else `prompt`.
-    Its rows with `filter_passed: false` (images that failed the quality filter on every try) are left out. A
+    Its rows with `filter_passed: false` (images that failed the quality filter on every try) are left out (kept
+    with `include_failed=True`, as an experiment's "unfiltered" arm does; their records' origin is
+    `synthetic-failed`). A
     `generate` folder lists them in `manifest.jsonl`: `file` and `prompt`, optionally `label`. Raises `DataError` for
     a missing folder or list, a malformed line, a missing image, or a label that is neither given nor readable from
     the prompt. With `check_images`, each image header is opened (cheap) to catch non-images.
@@ -390,7 +396,8 @@ def read_synthetic_manifest(folder: str | os.PathLike, check_images: bool = True
             raise DataError(f"{manifest} lists {name} twice (lines {first_line[name]} and {number}); "
                             "keep only the line of the image now on disk.")
         first_line[name] = number
-        if entry.get("filter_passed") is False:
+        failed = entry.get("filter_passed") is False
+        if failed and not include_failed:
             continue  # kept by synthesize only to be counted, never to be trained on
         path = root / name
         if isinstance(entry.get("labels"), list):
@@ -418,7 +425,7 @@ def read_synthetic_manifest(folder: str | os.PathLike, check_images: bool = True
             if min(size) < MIN_IMAGE_SIZE:
                 raise DataError(f"Synthetic image {path} is only {size[0]}x{size[1]} pixels (minimum "
                                 f"{MIN_IMAGE_SIZE}).")
-        records.append(Record(str(path), label, "synthetic", name))
+        records.append(Record(str(path), label, "synthetic-failed" if failed else "synthetic", name))
     if not records:
         raise DataError(f"{manifest} lists no images" + (" that passed the quality filter." if first_line else "."))
     return records
@@ -457,11 +464,12 @@ def mix_records(real: list[Record], synthetic: list[Record] | None = None, *, sy
         order: list[int] = []
         while len(order) < wanted:  # a permutation per pass: every image once before any twice
             order += rng.permutation(n_real).tolist()
-        extra = [Record(real[i].source, real[i].label, "duplicate", real[i].name) for i in order[:wanted]]
+        extra = [Record(real[i].source, real[i].label, "duplicate", real[i].name, real[i].patient_id)
+                 for i in order[:wanted]]
     records = list(real) + extra
     counts = {
         "real": n_real,
-        "synthetic": sum(r.origin == "synthetic" for r in extra),
+        "synthetic": sum(r.origin.startswith("synthetic") for r in extra),
         "duplicated_real": sum(r.origin == "duplicate" for r in extra),
         "total": len(records),
         **{f"total_{k.lower()}": v for k, v in class_counts(records).items()},

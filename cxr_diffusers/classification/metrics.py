@@ -18,7 +18,8 @@ import numpy as np
 
 from ..errors import CXRInputError
 
-__all__ = ["METRICS", "binary_metrics", "bootstrap_metrics", "evaluate_predictions", "roc_auc", "summarize_seeds"]
+__all__ = ["METRICS", "binary_metrics", "bootstrap_metrics", "evaluate_predictions", "resampled_metrics", "roc_auc",
+           "summarize_seeds"]
 
 METRICS = ("accuracy", "precision", "recall", "f1", "auroc", "sensitivity", "specificity")
 
@@ -117,6 +118,24 @@ def bootstrap_metrics(y_true, y_score, threshold: float = 0.5, n_bootstrap: int 
         out[m] = ((float(np.quantile(data, alpha)), float(np.quantile(data, 1 - alpha))) if len(data)
                   else (math.nan, math.nan))
     return out
+
+
+def resampled_metrics(y_true, y_score, index, threshold: float = 0.5, chunk: int = 200) -> dict[str, np.ndarray]:
+    """Every metric of `METRICS` on given resamples: `index` (B, n) rows of image indices (the same rows for two
+    models give a paired bootstrap). Returns `{metric: (B,) array}`, NaN where a resample leaves a metric undefined."""
+    y_true, y_score = _check(y_true, y_score)
+    index = np.asarray(index, dtype=np.int64)
+    if index.ndim != 2 or (index.size and (index.min() < 0 or index.max() >= len(y_true))):
+        raise CXRInputError(f"Resample indices must be a (B, n) array of indices below {len(y_true)}.")
+    y_pred = (y_score >= threshold).astype(np.int64)
+    samples: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}
+    for start in range(0, len(index), chunk):
+        rows = index[start:start + chunk]
+        values = _threshold_metrics(y_true[rows], y_pred[rows])
+        values["auroc"] = _auroc_rows(y_true[rows], y_score[rows])
+        for m in METRICS:
+            samples[m].append(values[m])
+    return {m: np.concatenate(v) if v else np.zeros(0) for m, v in samples.items()}
 
 
 def evaluate_predictions(y_true, y_score, threshold: float = 0.5, n_bootstrap: int = 1000, seed: int = 0,

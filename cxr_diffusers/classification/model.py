@@ -240,22 +240,44 @@ def _to_8bit_images(images) -> list:
     return [PIL.Image.fromarray(np.rint(a * 255).astype(np.uint8), mode="L") for a in x]
 
 
-def class_probabilities(model, pixel_values, return_logits: bool = False):
+def class_probabilities(model, pixel_values, return_logits: bool = False, return_features: bool = False):
     """Softmax probabilities (N, num_labels) of one batch of prepared `pixel_values`, without gradients.
 
     The one forward pass behind every prediction of the classifier: `pneumonia_probabilities`, `predict_proba`,
-    `ClassifierFeatureExtractor.predict_proba` and the validation and test of `train_classifier.py`. `pixel_values`
-    (from `prepare_pixel_values` or `build_transforms`) are moved to the model's device and dtype; logits and
-    probabilities are float32, on the model's device. The model's train/eval mode is left as it is.
-    `return_logits=True` returns `(probabilities, logits)`, e.g. for a validation loss.
+    `classify_images` (with the input check), `ClassifierFeatureExtractor.predict_proba` and the validation and test of
+    `train_classifier.py`. `pixel_values` (from `prepare_pixel_values` or `build_transforms`) are moved to the model's
+    device and dtype; logits and probabilities are float32, on the model's device. The model's train/eval mode is left
+    as it is. `return_logits=True` returns `(probabilities, logits)`, e.g. for a validation loss;
+    `return_features=True` adds the pooled penultimate features (N, hidden) as the last element (the ResNet body and
+    its classifier head run separately then, the same computation as `model(pixel_values)`; the input check's
+    Mahalanobis distance is measured on them).
     """
     import torch
 
     parameter = next(model.parameters())
+    pixel_values = pixel_values.to(parameter.device, parameter.dtype)
+    features = None
     with torch.no_grad():
-        logits = model(pixel_values=pixel_values.to(parameter.device, parameter.dtype)).logits.float()
+        if return_features:
+            body, head = _body_and_head(model)
+            pooled = body(pixel_values).pooler_output
+            logits = head(pooled).float()
+            features = pooled.flatten(1).float()
+        else:
+            logits = model(pixel_values=pixel_values).logits.float()
     probabilities = torch.softmax(logits, dim=-1)
-    return (probabilities, logits) if return_logits else probabilities
+    out = (probabilities,) + ((logits,) if return_logits else ()) + ((features,) if return_features else ())
+    return out if len(out) > 1 else probabilities
+
+
+def _body_and_head(model):
+    """The ResNet body (`.resnet`, whose `pooler_output` feeds the head) and the head (`.classifier`) of a model,
+    through an Accelerate / DataParallel wrapper."""
+    inner = getattr(model, "module", model)
+    if not (hasattr(inner, "resnet") and hasattr(inner, "classifier")):
+        raise ModelLoadingError(f"{type(inner).__name__} is not a transformers ResNetForImageClassification; "
+                                "its penultimate features cannot be read.")
+    return inner.resnet, inner.classifier
 
 
 def pneumonia_probabilities(model, pixel_values):
@@ -263,14 +285,28 @@ def pneumonia_probabilities(model, pixel_values):
     return class_probabilities(model, pixel_values)[:, pneumonia_index(model)]
 
 
-def predict_proba(model, processor, images, batch_size: int = 32):
+def predict_proba(model, processor, images, batch_size: int = 32, check_inputs: bool = False,
+                  ood_statistics=None):
     """P(PNEUMONIA) of X-rays (PIL images, 2-D arrays or a tensor (N, 1, H, W) in [0, 1]; see
-    `prepare_pixel_values`) as a float32 numpy array (N,). Sets the model to eval mode."""
+    `prepare_pixel_values`) as a float32 numpy array (N,). Sets the model to eval mode.
+
+    With `check_inputs=True`, images that are not chest radiographs (`classification.ood.input_problem`: blank or
+    uniform, a handful of grey levels, noise, or penultimate features far from `ood_statistics` when given) raise
+    `CXRInputError` naming the first of them instead of getting a probability.
+    """
     import numpy as np
     import PIL.Image
 
     if isinstance(images, PIL.Image.Image) or (isinstance(images, np.ndarray) and images.ndim == 2):
         images = [images]
+    if check_inputs:
+        from .ood import classify_images
+
+        results = classify_images(model, processor, images, batch_size=batch_size, statistics=ood_statistics)
+        for index, result in enumerate(results):
+            if result.problem:
+                raise CXRInputError(f"Image {index} is not classified: {result.problem}.")
+        return np.array([r.p_pneumonia for r in results], dtype=np.float32)
     model.eval()
     out = [pneumonia_probabilities(model, prepare_pixel_values(processor, images[start : start + batch_size])).cpu()
            for start in range(0, len(images), batch_size)]

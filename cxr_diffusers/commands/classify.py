@@ -6,7 +6,10 @@
 
 The default model is the bundled `pretrained/pneumonia-classifier`. Colour (RGB/RGBA/palette) images are converted to
 grayscale and 16-bit images are scaled to 8 bits from their min-max range; non-images and images smaller than 28x28
-pixels are refused with a clear message. Research tool: not for clinical use.
+pixels are refused with a clear message. Inputs that are not chest radiographs (blank or uniform, a handful of grey
+levels, pixel noise, and, where the classifier folder holds `ood_statistics.safetensors`, images whose features are far
+from real radiographs: `cxr_diffusers.classification.ood`) get the label NOT_A_RADIOGRAPH and a reason instead of a
+probability. Research tool: not for clinical use.
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..classification import load_classifier, load_xray, predict_proba
-    from ..classification.input_check import NOT_A_RADIOGRAPH, radiograph_problem
+    from ..classification import load_classifier, load_xray
+    from ..classification.input_check import NOT_A_RADIOGRAPH
+    from ..classification.ood import classify_images, load_ood_statistics
     from ..utils.output_dir import check_writable_dir
 
     if args.batch_size < 1:
@@ -62,21 +66,25 @@ def run(args: argparse.Namespace) -> int:
             stems[p.stem] = p
         check_writable_dir(args.output_dir, "--output-dir")
     model, processor = load_classifier(model_path)
-    problems = [radiograph_problem(image) for image in images]
-    probs = predict_proba(model, processor, images, batch_size=args.batch_size)
-    for path, image, p, problem in zip(paths, images, probs, problems):
-        if problem:  # a confident answer on a non-radiograph would be a wrong answer
+    statistics = load_ood_statistics(model_path)  # None: the structural check only
+    results = classify_images(model, processor, images, batch_size=args.batch_size, statistics=statistics)
+    for path, image, result in zip(paths, images, results):
+        if result.problem:  # a confident answer on a non-radiograph would be a wrong answer
             record = {"file": str(path), "label": NOT_A_RADIOGRAPH, "probability": None, "p_pneumonia": None,
-                      "reason": problem}
-            print(f"warning: {path}: not classified: {problem}.", file=sys.stderr)
+                      "reason": result.problem}
+            if result.ood_distance is not None:
+                record["ood_distance"] = result.ood_distance
+            print(f"warning: {path}: not classified: {result.problem}.", file=sys.stderr)
             if args.json:
                 print(json.dumps(record))
             else:
                 print(f"{path}\t{NOT_A_RADIOGRAPH}\t-")
             continue
-        label = "PNEUMONIA" if p >= 0.5 else "NORMAL"
+        label, p = result.label, result.p_pneumonia
         record = {"file": str(path), "label": label, "probability": round(float(max(p, 1 - p)), 4),
                   "p_pneumonia": round(float(p), 4)}
+        if result.ood_distance is not None:
+            record["ood_distance"] = result.ood_distance
         if args.gradcam:
             record["gradcam"] = str(save_gradcam(model, processor, image, path, Path(args.output_dir), label))
         if args.json:
