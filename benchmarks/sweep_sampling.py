@@ -302,7 +302,10 @@ def tolerances(sweep: Sweep, noise: dict) -> tuple[dict, dict]:
 
 
 def candidates(sweep: Sweep) -> list[dict]:
-    return [e for e in sweep.results if e["role"] != "reference_noise"]
+    """Every configuration bar the reference's second seed set; guidance-interval variants sample a different
+    distribution on purpose, so the full-guidance reference does not judge them (only the real images do)."""
+    return [{**e, "exempt_scores": ("fd_vs_reference",)} if e["role"] == "guidance_interval" else e
+            for e in sweep.results if e["role"] != "reference_noise"]
 
 
 def summary_of(entry: dict | None) -> dict | None:

@@ -49,6 +49,20 @@ def test_rule_picks_the_fewest_steps_within_noise_of_the_best_on_every_score():
     assert recommend(candidates, {"fd": 2.5, "w1": 1.0})["recommended"] == "ddim_4"
 
 
+def test_rule_judges_a_guidance_interval_variant_on_real_scores_only():
+    # the case measured on the v1 model: the interval variant is much closer to real images (fd) but, by design, far
+    # from the full-guidance reference (ref); it must neither fail on ref nor set the best ref for the others
+    variant = {**_candidate("unipc_8_gi", 14, 0.9, fd=36.0, ref=10.1), "exempt_scores": ("ref",)}
+    candidates = [_candidate("ddim_100", 200, 8.3, fd=48.8, ref=4.6), _candidate("unipc_8", 16, 0.9, fd=55.3, ref=4.9),
+                  variant]
+    rule = recommend(candidates, {"fd": 14.3, "ref": 3.5})
+    assert rule["best"] == {"fd": 36.0, "ref": 4.6}
+    assert "ref" not in rule["checks"]["unipc_8_gi"] and rule["checks"]["unipc_8"]["fd"]["within"] is False
+    assert rule["qualifying"] == ["unipc_8_gi", "ddim_100"] and rule["recommended"] == "unipc_8_gi"
+    without = recommend([{k: v for k, v in c.items() if k != "exempt_scores"} for c in candidates], {"fd": 14.3, "ref": 3.5})
+    assert without["recommended"] == "ddim_100"  # the artefact the exemption removes
+
+
 def test_rule_ignores_scores_without_tolerance_fails_missing_values_and_takes_a_fixed_best():
     candidates = [_candidate("a_4", 8, 0.1, fd=None, w1=1.0), _candidate("b_8", 16, 0.2, fd=3.0, w1=1.0)]
     assert recommend(candidates, {"fd": 0.5, "w1": None})["recommended"] == "b_8"  # a_4 has no FD: it fails

@@ -63,7 +63,8 @@ RULE_TEXT = (
     "For every score (lower is better) take the best value over all candidates; a candidate is within noise when "
     "value - best <= tolerance on every score that has a tolerance (a missing value fails); the recommended "
     "configuration is the cheapest one within noise: fewest UNet evaluations per image, then fewest measured seconds "
-    "per image."
+    "per image. A candidate that changes what is sampled on purpose (a guidance interval) is exempt from the "
+    "scores against the full-guidance reference (its `exempt_scores`) and is judged on the real-image scores alone."
 )
 
 
@@ -92,8 +93,9 @@ def recommend(
     The decision rule (`RULE_TEXT`).
 
     Args:
-        candidates: each a mapping with "name", "scores" (score name -> value or None, lower is better) and the
-            `cost_keys` (missing costs count as infinite).
+        candidates: each a mapping with "name", "scores" (score name -> value or None, lower is better), the
+            `cost_keys` (missing costs count as infinite) and optionally "exempt_scores" (score names neither tested
+            for it nor counted in the best values).
         tolerances: score name -> the noise of that score (None: the score is reported but not tested).
         best: score name -> a fixed best value (e.g. the reference's own score); default the minimum over candidates.
         cost_keys: the costs compared in order to pick the cheapest candidate within noise.
@@ -108,7 +110,7 @@ def recommend(
         if best is not None and metric in best and _finite(best[metric]):
             best_values[metric] = float(best[metric])
             continue
-        values = [c["scores"].get(metric) for c in candidates]
+        values = [c["scores"].get(metric) for c in candidates if metric not in c.get("exempt_scores", ())]
         values = [float(v) for v in values if _finite(v)]
         best_values[metric] = min(values) if values else None
     tested = [m for m in tested if best_values[m] is not None]
@@ -117,6 +119,8 @@ def recommend(
     for c in candidates:
         entry = {}
         for metric in tested:
+            if metric in c.get("exempt_scores", ()):
+                continue
             value = c["scores"].get(metric)
             entry[metric] = {"value": value, "best": best_values[metric], "tolerance": float(tolerances[metric]),
                              "within": within_noise(value, best_values[metric], float(tolerances[metric]))}
