@@ -138,6 +138,18 @@ def test_a_tiny_vae_that_does_not_fit_is_one_sentence():
 
 
 # ---------------------------------------------------------------------------------------------- fast folders
+def test_evaluation_refuses_a_tiny_decoder_in_one_sentence():
+    import torch
+
+    from cxr_diffusers.evaluation.features import VAEFeatureExtractor
+    from cxr_diffusers.evaluation.runner import _reconstruction
+
+    for build in (lambda: VAEFeatureExtractor(tiny_autoencoder()), lambda: _reconstruction(tiny_autoencoder(),
+                                                                                            torch.rand(2, 1, 32, 32), 2)):
+        with pytest.raises(CXRInputError, match="needs the model's VAE .*AutoencoderTiny.*no posterior"):
+            build()
+
+
 def build_fast_folder(folder, tiny=True, time_cond_proj_dim=16):
     """A fast folder of the tiny configuration: student UNet (with a guidance embedding), LCMScheduler, vae_tiny/."""
     torch.manual_seed(1)

@@ -126,6 +126,15 @@ class FeatureExtractor(Protocol):
     def __call__(self, images: Any) -> np.ndarray: ...
 
 
+def require_posterior_vae(vae, what: str) -> None:
+    """`what` needs the posterior of a `CXRAutoencoderKL`; a tiny decoder (`AutoencoderTiny`, fast mode) has none."""
+    if not hasattr(vae, "downsample_factor") or not hasattr(vae, "encode"):
+        raise CXRInputError(
+            f"{what} needs the model's VAE (CXRAutoencoderKL) and got a {type(vae).__name__}: a tiny decoder swapped "
+            "in for fast mode has no posterior; evaluate with the base pipeline's VAE."
+        )
+
+
 class VAEFeatureExtractor:
     """Pooled statistics of the posterior mean of a `CXRAutoencoderKL` encoder.
 
@@ -142,6 +151,7 @@ class VAEFeatureExtractor:
     name = "vae"
 
     def __init__(self, vae, image_size: int | None = None, grid: int = 2, batch_size: int = 16, device=None):
+        require_posterior_vae(vae, "VAE features")
         self.vae = vae.eval() if device is None else vae.eval().to(device)
         self.image_size = int(image_size or vae.config.sample_size)
         if self.image_size % vae.downsample_factor:

@@ -501,6 +501,9 @@ def image_statistics_step(generated, image_prompts: Sequence[str], real, config:
 def _reconstruction(vae, images, n: int) -> dict[str, float]:
     import torch
 
+    from .features import require_posterior_vae
+
+    require_posterior_vae(vae, "The reconstruction check")
     x = images[:n]
     with torch.no_grad():
         dtype = next(vae.parameters()).dtype
