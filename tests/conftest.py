@@ -117,6 +117,20 @@ def load_train_script(name: str, module_name: str | None = None):
     return module
 
 
+def assert_same_safetensors(first, second, folders) -> None:
+    """Every tensor of `<folder>/diffusion_pytorch_model.safetensors` is bit-identical under `first` and `second`
+    (an uninterrupted run against a stopped-and-resumed one)."""
+    import torch
+    from safetensors.torch import load_file
+
+    for folder in folders:
+        a = load_file(Path(first) / folder / "diffusion_pytorch_model.safetensors")
+        b = load_file(Path(second) / folder / "diffusion_pytorch_model.safetensors")
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"{folder}: {key}")
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> str:
     """A folder with the saved tiny random pipeline of `make_tiny_pipeline`, one per test module (CLI tests)."""

@@ -13,7 +13,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import PROMPT, REPO_ROOT, TINY, load_train_script, make_tiny_pipeline
+from conftest import (
+    PROMPT,
+    REPO_ROOT,
+    TINY,
+    assert_same_safetensors,
+    load_train_script,
+    make_tiny_pipeline,
+)
 from diffusers import AutoencoderTiny, LCMScheduler
 from safetensors.torch import load_file
 
@@ -392,12 +399,7 @@ def test_train_tiny_autoencoder_resumes_exactly_and_reuses_the_latent_cache(teac
     script.train_ldm.encode_moments = must_not_encode
     script.main(["--config", TINY, "--pretrained_vae_model_name_or_path", str(teacher), "--train_data_dir", xray_dataset,
                  "--output_dir", str(half), "--resume_from_checkpoint", "latest", *map(str, args)])
-    for final in ("vae_tiny", "checkpoint-6/vae_tiny", "checkpoint-6/vae_tiny_ema"):
-        a = load_file(full / final / "diffusion_pytorch_model.safetensors")
-        b = load_file(half / final / "diffusion_pytorch_model.safetensors")
-        assert a.keys() == b.keys()
-        for key in a:
-            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"{final}: {key}")
+    assert_same_safetensors(full, half, ("vae_tiny", "checkpoint-6/vae_tiny", "checkpoint-6/vae_tiny_ema"))
 
 
 @pytest.mark.slow

@@ -12,16 +12,19 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import PROMPT, TINY, assert_same_safetensors, make_tiny_pipeline
+from conftest import load_train_script as load_script
 from diffusers import LCMScheduler
-from safetensors.torch import load_file
 
-from cxr_diffusers import CXRInputError, CXRPipeline, CXRUNet2DConditionModel, get_model_config, read_provenance
+from cxr_diffusers import (
+    CXRInputError,
+    CXRPipeline,
+    CXRUNet2DConditionModel,
+    get_model_config,
+    read_provenance,
+)
 from cxr_diffusers.models.unet_cxr import guidance_scale_embedding
 from cxr_diffusers.schedulers import default_scheduler, scheduler_from_name
-
-from conftest import PROMPT, make_tiny_pipeline
-from conftest import TINY, load_train_script as load_script
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the tiny models are faster so on a busy CPU
 
@@ -130,12 +133,7 @@ def test_resume_is_exact_and_reuses_the_latent_cache(teacher, xray_dataset, tmp_
     script.train_ldm.encode_moments = must_not_encode
     script.main(["--config", TINY, "--pretrained_teacher_model", str(teacher), "--train_data_dir", xray_dataset,
                  "--output_dir", str(half), "--resume_from_checkpoint", "latest", *map(str, args)])
-    for final in ("pipeline/unet", "checkpoint-6/unet", "checkpoint-6/unet_target"):
-        a = load_file(full / final / "diffusion_pytorch_model.safetensors")
-        b = load_file(half / final / "diffusion_pytorch_model.safetensors")
-        assert a.keys() == b.keys()
-        for key in a:
-            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"{final}: {key}")
+    assert_same_safetensors(full, half, ("pipeline/unet", "checkpoint-6/unet", "checkpoint-6/unet_target"))
 
 
 @pytest.mark.slow
