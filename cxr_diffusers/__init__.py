@@ -14,6 +14,7 @@ from .version import __version__
 _EXPORTS = {
     "CXRAutoencoderKL": "models",
     "CXRPatchDiscriminator": "models",
+    "CXRSuperResolutionModel": "models",
     "CXRTextEncoder": "models",
     "CXRUNet2DConditionModel": "models",
     "CXRPipeline": "pipelines",
@@ -50,6 +51,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .configs import MODEL_CONFIGS, TINY_AUTOENCODER_CONFIG, create_components, get_model_config
     from .errors import CXRInputError, DataError, ModelLoadingError, SamplingError
     from .fast import load_fast_pipeline
-    from .models import CXRAutoencoderKL, CXRPatchDiscriminator, CXRTextEncoder, CXRUNet2DConditionModel
+    from .models import (
+        CXRAutoencoderKL,
+        CXRPatchDiscriminator,
+        CXRSuperResolutionModel,
+        CXRTextEncoder,
+        CXRUNet2DConditionModel,
+    )
     from .pipelines import CXRPipeline, CXRPipelineOutput
     from .provenance import NOT_FOR_CLINICAL_USE, read_provenance

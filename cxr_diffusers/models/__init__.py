@@ -2,6 +2,7 @@
 
 from .autoencoder_cxr import CXRAutoencoderKL, CXRAutoencoderKLOutput
 from .discriminator_cxr import CXRPatchDiscriminator
+from .super_resolution_cxr import CXRSuperResolutionModel, CXRSuperResolutionOutput
 from .text_encoder_cxr import BIOBERT_ID, CXRTextEncoder, CXRTextEncoderOutput, offline_bert_path
 from .unet_cxr import CXRUNet2DConditionModel
 
@@ -10,6 +11,8 @@ __all__ = [
     "CXRAutoencoderKL",
     "CXRAutoencoderKLOutput",
     "CXRPatchDiscriminator",
+    "CXRSuperResolutionModel",
+    "CXRSuperResolutionOutput",
     "CXRTextEncoder",
     "CXRTextEncoderOutput",
     "CXRUNet2DConditionModel",
