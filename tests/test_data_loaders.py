@@ -124,6 +124,83 @@ def test_kermany_does_not_decode_images(shared_data, monkeypatch):
 # ------------------------------------------------------------------------------------------ PneumoniaMNIST
 
 
+def _kermany_layout(fixtures_dir, root, splits=("train",), patients=12):
+    """A Kermany layout of copies of the shipped fixture images under real-style file names: per split, `patients`
+    NORMAL patients (one image each) and `patients` PNEUMONIA patients (two images each, bacterial or viral)."""
+    source = fixtures_dir / "kermany"
+    if not source.is_dir():
+        pytest.skip("tests/fixtures/kermany not present")
+    normal = next((source / "NORMAL").glob("*.jpeg"))
+    sick = next((source / "PNEUMONIA").glob("*.jpeg"))
+    for offset, split in enumerate(splits):
+        (root / split / "NORMAL").mkdir(parents=True)
+        (root / split / "PNEUMONIA").mkdir(parents=True)
+        for i in range(patients):
+            number = 100 * offset + i + 1
+            shutil.copy(normal, root / split / "NORMAL" / f"IM-{number:04d}-0001.jpeg")
+            kind = "bacteria" if i % 2 else "virus"
+            for image in range(2):
+                shutil.copy(sick, root / split / "PNEUMONIA" / f"person{number}_{kind}_{10 * number + image}.jpeg")
+    return root
+
+
+def test_kermany_without_test_folder_carves_test_by_patient(fixtures_dir, tmp_path):
+    """kermany_fullres_512 holds only train/: test (and validation) are carved from it by patient, per class."""
+    root = _kermany_layout(fixtures_dir, tmp_path / "chest_xray", splits=("train",), patients=20)
+    dsd = load_pneumonia(root, check_images="none", test_size=0.2, val_size=0.1, seed=3)
+    assert set(dsd) == {"train", "validation", "test"}
+    _check_schema(dsd, "kermany")
+    check_patient_disjoint(dsd)  # nothing allowed: carved splits never share a patient
+    assert dsd.report.allowed_overlaps == []
+    assert _total(dsd) == 60
+    for split, per_class in (("test", 4), ("validation", 2)):  # 20% / 10% of the 20 patients of each class
+        ds = dsd[split]
+        classes = Counter(("pneumonia" in labels, p) for labels, p in zip(ds["labels"], ds["patient_id"]))
+        assert sum(1 for sick, _ in classes if sick) == per_class and sum(1 for sick, _ in classes if not sick) == per_class
+        assert set(ds["official_split"]) == {"train"}
+    assert any("no official test folder: test carved from official train by patient (20% per class, seed 3)" in n
+               for n in dsd.report.notes)  # fmt: skip
+    # images of one patient stay together (the pneumonia patients have two each)
+    for ds in dsd.values():
+        counts = Counter(p for p, labels in zip(ds["patient_id"], ds["labels"]) if labels)
+        assert set(counts.values()) <= {2}
+    # seeded: the same seed gives the same split, another seed another one
+    again = load_pneumonia(root, check_images="none", test_size=0.2, val_size=0.1, seed=3)
+    assert sorted(again["test"]["file_name"]) == sorted(dsd["test"]["file_name"])
+    other = load_pneumonia(root, check_images="none", test_size=0.2, val_size=0.1, seed=4)
+    assert sorted(other["test"]["file_name"]) != sorted(dsd["test"]["file_name"])
+    # test_size=0: no test split, and a note that says so
+    none = load_pneumonia(root, check_images="none", test_size=0)
+    assert "test" not in none and any("test_size=0" in n for n in none.report.notes)
+
+
+def test_kermany_official_test_folder_is_kept_as_published(fixtures_dir, tmp_path):
+    root = _kermany_layout(fixtures_dir, tmp_path / "chest_xray", splits=("train", "test"), patients=10)
+    dsd = load_pneumonia(root, check_images="none")
+    on_disk = sorted(p.name for p in (root / "test").glob("*/*.jpeg"))
+    assert sorted(dsd["test"]["file_name"]) == on_disk
+    assert set(dsd["validation"]["official_split"]) == {"train"}
+    assert not any("no official test folder" in n for n in dsd.report.notes)
+    # test_size only applies when there is no test folder
+    other = load_pneumonia(root, check_images="none", test_size=0.5)
+    for split in dsd:
+        assert sorted(other[split]["file_name"]) == sorted(dsd[split]["file_name"])
+    shutil.rmtree(root / "train")
+    with pytest.raises(Exception, match="train"):
+        load_pneumonia(root, check_images="none")
+
+
+def test_kermany_fullres_carved_test(shared_data):
+    root = shared_data / "kermany_fullres_512"
+    if not root.is_dir():
+        pytest.skip("kermany_fullres_512 not present")
+    dsd = load_pneumonia(root, check_images="none")
+    assert _total(dsd) == 803 and set(dsd) == {"train", "validation", "test"}
+    check_patient_disjoint(dsd)
+    assert 60 <= len(dsd["test"]) <= 110
+    assert any("no official test folder" in n for n in dsd.report.notes)
+
+
 def test_pneumoniamnist_official_counts(shared_data):
     dsd = load_pneumoniamnist(shared_data / "pneumoniamnist_28" / "pneumoniamnist_reconstructed_official_counts.npz")
     assert {k: len(v) for k, v in dsd.items()} == {"train": 4708, "validation": 524, "test": 624}

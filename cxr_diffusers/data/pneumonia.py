@@ -10,7 +10,10 @@ comes from the folder; patient id and pneumonia subtype from the file name:
 
 Splits. The official `test/` split is kept as published. When there is no `val/` folder (or `use_official_val=False`:
 the official val has only 16 images), a validation split is carved from `train/` by patient, stratified by class
-(`val_size` of the patients of each class, seeded).
+(`val_size` of the patients of each class, seeded). When there is no `test/` folder (e.g. `kermany_fullres_512`, the
+full-resolution originals of the official train split only), a test split is carved from `train/` the same way
+(`test_size` of the patients of each class, seeded, in the same draw as validation), and `report.notes` says so;
+`test_size=0` leaves the dataset without a test split. Only `train/` is required.
 
 Official train/test overlap. In the published data 170 `personNNN` ids occur in both train and test (320 of the 390
 test pneumonia images); no NORMAL id does. Train and test start their person numbering at 1 and the collision rate
@@ -32,9 +35,9 @@ import datasets
 from datasets import Value
 
 from ..errors import DataError
-from .citations import BIBTEX
 from ._assemble import assemble, make_info, row_prompts, subsample
 from .checks import IMAGE_EXTENSIONS, LoadReport, require_dir, require_file
+from .citations import BIBTEX
 from .schema import frame_to_dataset_dict, make_features
 from .splits import OVERLAP_POLICIES, assign_patient_splits, shared_patients
 
@@ -92,6 +95,7 @@ def load_pneumonia(
     root: str | os.PathLike,
     *,
     val_size: float = 0.1,
+    test_size: float = 0.1,
     use_official_val: bool = True,
     test_overlap: str = "keep",
     seed: int = 0,
@@ -105,9 +109,10 @@ def load_pneumonia(
     Args:
         root: the unpacked dataset (see the module docstring for the accepted layouts).
         val_size: share of train patients carved into `validation` when there is no official val folder.
+        test_size: share of train patients carved into `test` when there is no `test/` folder (ignored otherwise).
         use_official_val: use `val/` when present; False carves validation from train instead.
         test_overlap: `keep`, `drop` or `error` for patient ids shared by the official splits (module docstring).
-        seed: seed of the validation carve and of `max_samples`.
+        seed: seed of the validation (and test) carve and of `max_samples`.
         check_images: `none`, `exists`, `header` (default) or `full`, see `checks.find_bad_images`.
         strict: raise instead of skipping unreadable images.
         num_proc: threads for the image check.
@@ -145,9 +150,9 @@ def load_pneumonia(
                 )
     frame = pd.DataFrame(rows, columns=["image", "file_name", "official_split", "class", "patient_id", "subtype"])
     report.start("images in train/val/test NORMAL/PNEUMONIA folders", len(frame))
-    for official in ("train", "test"):
-        if not (frame["official_split"] == official).any():
-            raise DataError(f"The Kermany folder {holder / official} has no NORMAL/PNEUMONIA images.")
+    if not (frame["official_split"] == "train").any():
+        raise DataError(f"The Kermany folder {holder / 'train'} has no NORMAL/PNEUMONIA images.")
+    has_test = bool((frame["official_split"] == "test").any())
 
     has_val = use_official_val and (frame["official_split"] == "val").any()
     if not use_official_val:
@@ -175,15 +180,26 @@ def load_pneumonia(
             allowed.append((a, b))
             report.notes.append(note + "; kept (test_overlap='keep')")
 
+    fractions = {}
     if not has_val and val_size > 0:
+        fractions["validation"] = val_size
+    if not has_test and test_size > 0:
+        fractions["test"] = test_size
+    if fractions:
         train = frame[frame["split"] == "train"]
         strata = dict(zip(train["patient_id"], train["class"]))
-        assignment = assign_patient_splits(
-            train["patient_id"], {"validation": val_size}, seed=seed, strata=strata, exclude=test_ids
-        )
+        assignment = assign_patient_splits(train["patient_id"], fractions, seed=seed, strata=strata, exclude=test_ids)
         carved = frame["split"] == "train"
         frame.loc[carved, "split"] = frame.loc[carved, "patient_id"].map(assignment)
-        report.notes.append(f"validation carved from official train by patient ({val_size:.0%} per class, seed {seed})")
+        if "validation" in fractions:
+            report.notes.append(
+                f"validation carved from official train by patient ({val_size:.0%} per class, seed {seed})"
+            )
+    if not has_test:
+        report.notes.append(
+            f"no official test folder: test carved from official train by patient ({test_size:.0%} per class, "
+            f"seed {seed})" if test_size > 0 else "no official test folder and test_size=0: no test split"
+        )
 
     frame["labels"] = [["pneumonia"] if c == "PNEUMONIA" else [] for c in frame["class"]]
     frame["view"] = ""
