@@ -28,9 +28,16 @@ real-vs-real floor at the same n (`cxr_diffusers.evaluation.sampling_sweep.RealS
 of the default when its FD to the default is no larger than the FD between two size-matched real sets (`fd_pair`)
 and each real-image score is within the spread of its real-vs-real floor of the default's.
 
+Super-resolution (`super_resolution` in the JSON, its own table): the default recipe at 512 and 768 px through the
+pipeline's second stage (`--super-resolution`: the model's own `super_resolution/`, a folder, or an untrained
+`CXRSuperResolutionModel` of the default configuration where the model has none: the same cost as a trained one),
+timed alternately with the default recipe at the native 256 px in the same run, per batch size: ms per image, the ratio
+to native, the stage's share of the time and its FLOP/s.
+
 `goals` evaluates the gates with the measured numbers: default at 256 px <= 1.0 s/image at batch 8 on 2 threads with
 scores within noise of the 25-step result (`--reference-steps`); distilled 4 steps <= 0.35 s/image at batch 8, >= 20x
-faster than the seed recipe, FD within 15% of the default's; UNet and decoder >= 70% of the matmul peak.
+faster than the seed recipe, FD within 15% of the default's; UNet and decoder >= 70% of the matmul peak; 512 px
+through the super-resolution stage within 2.5x and 768 px within 5x of the native 256 px time (CPU, 2 threads).
 
     python benchmarks/bench_sampling.py --threads 2 --real /root/cxr-runs/data/cxr-all-256 \\
         --distilled pretrained/cxr-ldm-small-lcm
@@ -60,7 +67,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cxr_diffusers import CXRPipeline, create_components
+from cxr_diffusers import CXRPipeline, CXRSuperResolutionModel, create_components
 from cxr_diffusers.evaluation.timing import (
     RSSMonitor,
     bf16_supported,
@@ -81,6 +88,8 @@ from cxr_diffusers.fast import (
 DEFAULT_MODEL = ROOT / "pretrained" / "cxr-ldm-small"
 PROMPT = "Pediatric chest radiograph. Findings: pneumonia."
 GATE_SIZE, GATE_BATCH = 256, 8
+#: Time of a size made through the super-resolution stage / time of the native size, at most (by scale factor).
+SUPER_RESOLUTION_GATES = {2: 2.5, 3: 5.0}
 
 
 def pipeline_defaults() -> dict:
@@ -116,6 +125,12 @@ def parse_args(argv=None):
     p.add_argument("--lcm-steps", type=int, nargs="+", default=[1, 2, 4, 8], help="steps of the distilled recipes")
     p.add_argument("--lcm-guidance", type=float, default=None,
                    help="guidance scale given to the distilled model's guidance embedding (default --guidance)")
+    p.add_argument("--super-resolution", default=None, metavar="FOLDER",
+                   help="the super-resolution stage of the 512/768 px rows: a CXRSuperResolutionModel folder or a "
+                        "pipeline folder with super_resolution/, 'untrained' (random-init default configuration: right "
+                        "timings), or 'none' (no rows); default: the model's own stage, else untrained")
+    p.add_argument("--sr-sizes", type=int, nargs="+", default=None,
+                   help="output sizes through the stage (default: every size it makes, 512 and 768 px from 256 px)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per recipe, size and batch size")
     p.add_argument("--compile", choices=["auto", "on", "off"], default="off",
                    help="torch.compile the default recipe's UNet (auto: kept only when faster; default off: the "
@@ -212,9 +227,12 @@ def seed_recipe(pipe: CXRPipeline, prompts: list[str], seeds: list[int], size: i
 
 def pipeline_recipe(pipe: CXRPipeline, prompts: list[str], seeds: list[int], size: int, steps: int, guidance: float,
                     bf16: bool, guidance_interval=None) -> torch.Tensor:
-    """What users run: `CXRPipeline.__call__`."""
+    """What users run: `CXRPipeline.__call__` (a pipeline without the super-resolution stage samples any size
+    directly, which it is asked to say: no warning per call)."""
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     extra = {"guidance_interval": tuple(guidance_interval)} if guidance_interval else {}
+    if pipe.super_resolution is None:
+        extra["super_resolution"] = False
     with torch.autocast(pipe.device.type, dtype=torch.bfloat16, enabled=bf16):
         images = pipe(prompts, height=size, width=size, num_inference_steps=steps, guidance_scale=guidance,
                       num_images_per_prompt=1, generator=generators, output_type="pt", **extra).images
@@ -366,6 +384,8 @@ class ComponentTimer:
         self.cuda = pipe.device.type == "cuda"
         self.seconds = {"text": 0.0, "unet": 0.0, "decoder": 0.0}
         self.samples = {"text": 0, "unet": 0, "decoder": 0}
+        if getattr(pipe, "super_resolution", None) is not None:
+            self.seconds["super_resolution"], self.samples["super_resolution"] = 0.0, 0
         self._handles, self._start = [], {}
 
     def _now(self) -> float:
@@ -388,6 +408,8 @@ class ComponentTimer:
     def __enter__(self):
         self._hooks(self.pipe.text_encoder, "text")
         self._hooks(self.pipe.unet, "unet")
+        if "super_resolution" in self.seconds:
+            self._hooks(self.pipe.super_resolution, "super_resolution")
         vae, decode = self.pipe.vae, self.pipe.vae.decode
 
         def timed_decode(z, *args, **kwargs):
@@ -425,6 +447,15 @@ def unet_flops_per_sample(pipe: CXRPipeline, size: int) -> int:
             return count_flops(lambda: pipe.unet(x, torch.tensor(500, device=device), **kwargs))
     finally:
         pipe.unet._compiled_call_impl = compiled
+
+
+def super_resolution_flops_per_image(pipe: CXRPipeline, size: int) -> int:
+    """FLOPs of the super-resolution stage for one `size` x `size` output (its forward on the base image)."""
+    scale = pipe.super_resolution_plan(size, size)
+    base = size // scale
+    x = torch.zeros(1, 1, base, base, device=pipe.device)
+    with torch.no_grad():
+        return count_flops(lambda: pipe.super_resolution(x, scale))
 
 
 def decoder_flops_per_image(pipe: CXRPipeline, size: int) -> int:
@@ -588,6 +619,119 @@ def quality_pass(recipes: dict[str, Recipe], reference: Recipe | None, args, siz
     return out
 
 
+# ------------------------------------------------------------------------------------------- super-resolution
+def super_resolution_recipe(pipe: CXRPipeline, default: Recipe, args, device) -> tuple[Recipe | None, dict]:
+    """The default recipe with the second stage (`--super-resolution`), or None with 'none', and its record."""
+    from cxr_diffusers.pipelines.pipeline_cxr import load_super_resolution
+
+    choice = args.super_resolution
+    if choice is not None and choice.lower() == "none":
+        return None, {"model": None, "note": "--super-resolution none"}
+    if choice is None and pipe.super_resolution is not None:
+        model, name = pipe.super_resolution, str(pipe.super_resolution.config.get("_name_or_path") or "the model's own")
+    elif choice is None or choice.lower() == "untrained":
+        torch.manual_seed(0)
+        model, name = CXRSuperResolutionModel(), "untrained (random-init default configuration, torch seed 0)"
+    else:
+        model, name = load_super_resolution(choice), choice
+    model = model.to(device).eval()
+    sr_pipe = CXRPipeline(**{**default.pipe.components, "scheduler": copy.deepcopy(default.pipe.scheduler),
+                             "super_resolution": model})
+    sr_pipe.set_progress_bar_config(disable=True)
+    recipe = Recipe("super_resolution", sr_pipe, "pipeline", default.steps, default.guidance, default.bf16,
+                    default.guidance_interval, info={**default.info, "super_resolution": name,
+                                                     "scale_factors": list(model.scale_factors)})
+    sizes = args.sr_sizes or list(sr_pipe.super_resolution_sizes)
+    for size in sizes:
+        if size not in sr_pipe.super_resolution_sizes:
+            raise SystemExit(f"--sr-sizes: {size} is not made by the super-resolution stage "
+                             f"({', '.join(map(str, sr_pipe.super_resolution_sizes))} px from {sr_pipe.default_size})")
+    return recipe, {"model": name, "config": {k: v for k, v in dict(model.config).items() if not k.startswith("_")},
+                    "sizes": sizes, "native_size": sr_pipe.default_size}
+
+
+def time_super_resolution(default: Recipe, recipe: Recipe, sizes: list[int], args, device, peak: float) -> list[dict]:
+    """Rows of the stage's sizes, each timed alternately with the default recipe at the native size (same run)."""
+    native = recipe.pipe.default_size
+    rows = []
+    print(f"super-resolution stage: {recipe.info['super_resolution']}")
+    header = (f"{'size':>5} {'batch':>5} {'route':<22} {'ms/img':>9} {'x native':>8} {'peak MB':>8} {'unet':>5} "
+              f"{'dec':>5} {'SR':>5} {'SR GF/s':>8}")
+    print(header)
+    print("-" * len(header))
+    calls = [("native", default, native)] + [(f"sr_{size}", recipe, size) for size in sizes]
+    sr_flops = {size: super_resolution_flops_per_image(recipe.pipe, size) for size in sizes}
+    for batch in args.batch_sizes:
+        prompts = [PROMPT] * batch
+        for _, r, size in calls:  # warm-up
+            r(prompts, list(range(batch)), size)
+        walls = {key: [] for key, _, _ in calls}
+        comp = {key: defaultdict(float) for key, _, _ in calls}
+        samples = {key: defaultdict(int) for key, _, _ in calls}
+        peaks = {key: 0.0 for key, _, _ in calls}
+        for rep in range(args.repeats):
+            seeds = [20_000 * batch + rep * batch + i for i in range(batch)]
+            for key, r, size in calls:
+                with RSSMonitor() as rss, ComponentTimer(r.pipe) as timer:
+                    start = time.perf_counter()
+                    r(prompts, seeds, size)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    walls[key].append(time.perf_counter() - start)
+                peaks[key] = max(peaks[key], rss.peak_mb)
+                for k in timer.seconds:
+                    comp[key][k] += timer.seconds[k]
+                    samples[key][k] += timer.samples[k]
+        native_ms = statistics.median(walls["native"]) / batch * 1e3
+        for key, r, size in calls:
+            total = sum(walls[key])
+            parts = {k: comp[key][k] for k in ("text", "unet", "decoder", "super_resolution") if k in comp[key]}
+            parts["other"] = max(total - sum(parts.values()), 0.0)
+            ms = statistics.median(walls[key]) / batch * 1e3
+            scale = None if key == "native" else size // native
+            sr_s = parts.get("super_resolution", 0.0)
+            sr_gflops = (sr_flops[size] * samples[key]["super_resolution"] / sr_s / 1e9
+                         if scale and sr_s > 0 else None)
+            row = {"size": size, "batch": batch, "route": "native" if scale is None else "super_resolution",
+                   "scale": scale, "base_size": native, "steps": r.steps, "ms_per_image": ms,
+                   "ratio_to_native": ms / native_ms, "native_ms_per_image": native_ms, "peak_rss_mb": peaks[key],
+                   "times_s": walls[key],
+                   "components": {"seconds": parts, "shares": {k: v / total for k, v in parts.items()}},
+                   "flops": {"super_resolution_gflop_per_image": sr_flops[size] / 1e9 if scale else None,
+                             "super_resolution_gflops": sr_gflops,
+                             "super_resolution_fraction_of_peak": None if sr_gflops is None else sr_gflops * 1e9 / peak}}
+            rows.append(row)
+            sh = row["components"]["shares"]
+            route = "native" if scale is None else f"{native} px + SR {scale}x"
+            print(f"{size:>5} {batch:>5} {route:<22} {ms:>9.1f} {row['ratio_to_native']:>8.2f} {row['peak_rss_mb']:>8.0f} "
+                  f"{sh['unet']:>5.0%} {sh['decoder']:>5.0%} {sh.get('super_resolution', 0):>5.0%} "
+                  f"{sr_gflops or 0:>8.1f}")
+    return rows
+
+
+def super_resolution_goals(section: dict | None, args, device) -> dict:
+    """512 px (2x) within 2.5x and 768 px (3x) within 5x of the native time, at the gate batch, 2 CPU threads."""
+    if not section or not section.get("rows"):
+        return {"pass": None, "note": "no super-resolution rows (--super-resolution none)"}
+    threads = torch.get_num_threads()
+    batch = GATE_BATCH if GATE_BATCH in args.batch_sizes else max(args.batch_sizes)
+    goals: dict = {"batch": batch, "threads": threads, "device": str(device),
+                   "at_gate_conditions": device.type == "cpu" and threads == 2 and batch == GATE_BATCH
+                   and section["native_size"] == GATE_SIZE,
+                   "note": "the gates are defined on the CPU with 2 threads, 256 px native, batch 8"}
+    verdicts = []
+    for row in section["rows"]:
+        if row["batch"] != batch or row["scale"] is None:
+            continue
+        limit = SUPER_RESOLUTION_GATES.get(row["scale"])
+        within = None if limit is None else row["ratio_to_native"] <= limit
+        goals[str(row["size"])] = {"scale": row["scale"], "s_per_image": row["ms_per_image"] / 1e3,
+                                   "ratio_to_native": row["ratio_to_native"], "at_most": limit, "within": within}
+        verdicts.append(within)
+    goals["pass"] = None if not verdicts or None in verdicts else all(verdicts)
+    return goals
+
+
 # ---------------------------------------------------------------------------------------------------- goals
 def _row(result: dict, recipe: str, size: int, batch: int) -> dict | None:
     return next((r for r in result["rows"] if r["recipe"] == recipe and r["size"] == size and r["batch"] == batch),
@@ -665,6 +809,7 @@ def evaluate_goals(result: dict, args, recipes: dict[str, Recipe], seed_name: st
     mm["pass"] = (None if mm.get("unet", {}).get("at_least_70pct") is None or mm.get("decoder", {}).get("at_least_70pct") is None
                   else mm["unet"]["at_least_70pct"] and mm["decoder"]["at_least_70pct"])
     goals["matmul_peak"] = mm
+    goals["super_resolution"] = super_resolution_goals(result.get("super_resolution"), args, recipes["default"].pipe.device)
     return goals
 
 
@@ -784,6 +929,13 @@ def main(argv=None) -> dict:
         f = row["flops"]
         f["unet_fraction_of_peak"] = None if f["unet_gflops"] is None else f["unet_gflops"] * 1e9 / peak
         f["decoder_fraction_of_peak"] = None if f["decoder_gflops"] is None else f["decoder_gflops"] * 1e9 / peak
+
+    sr_recipe, sr_record = super_resolution_recipe(pipe, recipes["default"], args, device)
+    result["super_resolution"] = sr_record
+    if sr_recipe is not None:
+        result["super_resolution"]["recipe"] = sr_recipe.info
+        result["super_resolution"]["rows"] = time_super_resolution(recipes["default"], sr_recipe, sr_record["sizes"],
+                                                                   args, device, peak)
 
     if args.profile == "on":
         size = GATE_SIZE if GATE_SIZE in args.sizes else args.sizes[0]

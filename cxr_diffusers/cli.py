@@ -1,4 +1,4 @@
-"""`cxr-diffusers` command line: generate | synthesize | enhance | info | data | evaluate | classify | app.
+"""`cxr-diffusers` command line: generate | synthesize | enhance | upscale | info | data | evaluate | classify | app.
 
 Each sub-command lives in `cxr_diffusers/commands/<name>.py` and exposes `register(subparsers)`, which adds its
 parser and sets `func` to a callable taking the parsed arguments and returning an exit code. Heavy imports (torch,
@@ -14,7 +14,7 @@ import sys
 from .errors import CXRInputError
 
 # Sub-command modules, in the order they are listed by `--help`.
-COMMANDS = ("generate", "synthesize", "enhance", "info", "data", "evaluate", "classify", "app")
+COMMANDS = ("generate", "synthesize", "enhance", "upscale", "info", "data", "evaluate", "classify", "app")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,9 @@ diffusers' "community pipeline" layout:
     models/unet_cxr.py, ...          (the components', errors, provenance, ...), found by following relative imports
     unet/ vae/ text_encoder/ ...     unchanged, as `save_pretrained` wrote them
     model_index.json                 `"_class_name": ["pipeline", "CXRPipeline"]` (`custom_class_name`); components
-                                     keep their `cxr_diffusers.models.*` module paths
+                                     keep their `cxr_diffusers.models.*` module paths; the optional
+                                     `super_resolution` stage is one of them where present (`[null, null]` where not;
+                                     its module ships either way, since the pipeline module imports it)
 
 How diffusers resolves it (diffusers/pipelines/pipeline_loading_utils.py): a list `_class_name` `[module, class]`
 whose `<module>.py` is at the folder's root is a custom pipeline (`_resolve_custom_pipeline_and_cls`), so

@@ -9,6 +9,10 @@ generation at a time (`concurrency_id="pipeline"` in the tabs): torch already us
 Fast mode: where the model's fast folder exists (`<model>-lcm`, e.g. pretrained/cxr-ldm-small-lcm, or `CXR_FAST_MODEL`),
 the generator offers a distilled few-step UNet with its LCMScheduler and, if the folder has `vae_tiny/`, the tiny
 decoder; they load on first use and share the base pipeline's text encoder.
+
+Resolution: where the pipeline has a super-resolution stage (`super_resolution/`), 512 and 768 px are its native 256 px
+images upscaled 2x / 3x; other sizes above the native one (and every one without the stage) are sampled directly, where
+the UNet tiles its layout. `resolution_route` names the route; the generator says which one each request took.
 """
 
 from __future__ import annotations
@@ -158,8 +162,9 @@ class AppState:
                 device = "cuda" if torch.cuda.is_available() else "cpu"
             pipe.to(device)
             pipe.set_progress_bar_config(disable=True)
-            for module in (pipe.vae, pipe.unet, pipe.text_encoder):
-                module.eval()
+            for module in (pipe.vae, pipe.unet, pipe.text_encoder, pipe.super_resolution):
+                if module is not None:
+                    module.eval()
             self.pipe = pipe
             self.pipe_error = None
             for name, cls in SCHEDULERS.items():
@@ -182,12 +187,30 @@ class AppState:
 
     @property
     def size_choices(self) -> list[int]:
-        """256 / 512 / 768 (and the model's own size) that the model supports."""
+        """256 / 512 / 768, the model's own size and the sizes of its super-resolution stage, those it can make."""
         if self.pipe is None:
             return [256, 512, 768]
         multiple = self.pipe.size_multiple
-        sizes = {256, 512, 768, int(self.pipe.default_size)}
-        return sorted(s for s in sizes if s % multiple == 0)
+        staged = set(self.pipe.super_resolution_sizes)
+        sizes = {256, 512, 768, int(self.pipe.default_size)} | staged
+        return sorted(s for s in sizes if s % multiple == 0 or s in staged)
+
+    def resolution_route(self, size: int) -> tuple[bool | None, str]:
+        """`(super_resolution argument, sentence)` for a `size` x `size` request: the stage where it makes that size,
+        else the direct canvas (False where the pipeline has a stage that cannot make it; None without one)."""
+        pipe = self.require_pipeline()
+        native = int(pipe.default_size)
+        if size in pipe.super_resolution_sizes:
+            return True, (f"{size} px through the super-resolution stage: {native} px sampled, upscaled "
+                          f"{size // native}x.")
+        if size <= native:
+            return None, f"{size} px sampled directly (the model's native size is {native} px)."
+        if pipe.super_resolution is not None:
+            return False, (f"{size} px sampled directly: the super-resolution stage makes "
+                           f"{' and '.join(map(str, pipe.super_resolution_sizes))} px only, and the UNet tiles its "
+                           f"{native} px layout on a larger canvas.")
+        return None, (f"{size} px sampled directly: this model has no super-resolution stage, so the UNet tiles its "
+                      f"{native} px layout (several small lung fields).")
 
     @property
     def default_size(self) -> int:
@@ -254,13 +277,15 @@ class AppState:
                  scheduler: str, seeds: list[int], enhancement: Any = None,
                  on_step: Callable[[int, int], None] | None = None, fast: bool = False):
         """Images (PIL, mode L, with provenance) for `prompt`, one per seed, and the seconds it took. `fast`: the
-        distilled UNet with its LCMScheduler (`scheduler` is not used) and the tiny decoder where there is one."""
+        distilled UNet with its LCMScheduler (`scheduler` is not used) and the tiny decoder where there is one. The
+        super-resolution stage makes `size` where it can (`resolution_route`)."""
         import torch
 
         from cxr_diffusers import CXRInputError, CXRPipeline
         from cxr_diffusers.schedulers import scheduler_from_name
 
         pipe = self.require_pipeline()
+        super_resolution, _ = self.resolution_route(size)
         fast_parts = self.fast_parts() if fast else None
         try:
             components = dict(pipe.components)
@@ -290,6 +315,7 @@ class AppState:
                     prompt, negative_prompt=negative_prompt or None, height=size, width=size,
                     num_inference_steps=steps, guidance_scale=guidance, num_images_per_prompt=len(seeds),
                     generator=generators, output_type="pil", callback_on_step_end=callback, enhancement=enhancement,
+                    super_resolution=super_resolution,
                 ).images
                 seconds = time.perf_counter() - start
         except CXRInputError as err:

@@ -55,6 +55,20 @@ def mode_choices(state: AppState) -> list[str]:
     return [STANDARD_MODE, FAST_MODE] if state.fast_available else [STANDARD_MODE]
 
 
+def resolution_info(state: AppState) -> str:
+    """How the sizes above the model's native one are made (the route of each request is in the timing line)."""
+    pipe = state.pipe
+    if pipe is None:
+        return ""
+    native = int(pipe.default_size)
+    staged = pipe.super_resolution_sizes
+    if staged:
+        return (f"{' and '.join(map(str, staged))} px: {native} px images upscaled by the super-resolution stage; "
+                "other sizes are sampled directly")
+    return (f"above {native} px the UNet samples the larger canvas directly and tiles its layout (this model has no "
+            "super-resolution stage)")
+
+
 def make_generate_fn(state: AppState):
     def generate(prompt, negative_prompt, resolution, steps, guidance, scheduler, seed, random_seed, num_images,
                  enhancement, mode=STANDARD_MODE, progress=gr.Progress()):
@@ -113,10 +127,11 @@ def make_generate_fn(state: AppState):
                 archive.writestr("provenance.json", json.dumps(records, indent=2))
         per_step = seconds / steps
         sampler = "the distilled model" if fast else scheduler
+        _, route = state.resolution_route(size)
         timing = (
             f"**{count} image{'s' if count > 1 else ''} of {size}x{size} in {seconds:.2f} s** "
             f"({steps} steps of {sampler}, {per_step * 1000:.0f} ms per step; seed{'s' if count > 1 else ''} "
-            f"{', '.join(map(str, seeds))}; device {pipe.device.type})."
+            f"{', '.join(map(str, seeds))}; device {pipe.device.type}). {route}"
         )
         gallery = [(p, f"seed {s}") for p, s in zip(paths, seeds)]
         label = "Download PNG" if len(paths) == 1 else f"Download {len(paths)} PNGs (zip)"
@@ -138,7 +153,7 @@ def build(state: AppState) -> GenerateTab:
             negative = gr.Textbox(label="Negative prompt", lines=1, placeholder="optional, e.g. lateral view")
             with gr.Row():
                 resolution = gr.Radio(sizes, value=state.default_size if state.default_size in sizes else sizes[0],
-                                      label="Resolution (pixels)")
+                                      label="Resolution (pixels)", info=resolution_info(state))
                 scheduler = gr.Dropdown(scheduler_choices(), value=state.default_scheduler, label="Scheduler")
             with gr.Row():
                 steps = CheckedSlider(1, state.config.max_steps, value=25, step=1, label="Steps")

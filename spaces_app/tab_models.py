@@ -75,7 +75,10 @@ def pipeline_info(state: AppState):
         f"**{state.config.model}** on `{state.pipe.device}`: **{human(info['total_parameters'])} parameters** "
         f"({info['total_parameters']:,}; {trainable:,} trainable), **{info['total_memory_mb']:.1f} MB of weights**; "
         f"default size {info['default_size']}x{info['default_size']} (multiples of {info['size_multiple']}); "
-        f"scheduler `{type(state.pipe.scheduler).__name__}`; loaded in {state.pipe_load_seconds or 0:.1f} s"
+        f"scheduler `{type(state.pipe.scheduler).__name__}`; "
+        + (f"super-resolution stage to {' and '.join(map(str, state.pipe.super_resolution_sizes))} px; "
+           if state.pipe.super_resolution is not None else "no super-resolution stage; ")
+        + f"loaded in {state.pipe_load_seconds or 0:.1f} s"
         + (f"; app process memory {rss:,.0f} MB." if rss else ".")
     )
     configs = {name: entry.get("config", {}) for name, entry in info["components"].items() if entry.get("config")}

@@ -354,3 +354,40 @@ def test_no_network_access_at_start_or_run(running, monkeypatch):
     finally:
         guarded.close()
     assert attempts == []
+
+
+def test_generate_says_which_resolution_route_it_took(running):
+    assert running.state.resolution_route(64)[0] is None and running.state.pipe.super_resolution is None
+    route, text = running.state.resolution_route(256)
+    assert route is None and "no super-resolution stage" in text and "tiles its 64 px layout" in text
+
+
+def test_generate_uses_the_super_resolution_stage_where_the_model_has_one(tmp_path):
+    """The app's generator on a model with a stage (its AppState and handler, without a server)."""
+    import torch
+    import tab_generate
+    import tab_models
+    from state import AppConfig, AppState
+
+    from cxr_diffusers import CXRPipeline, CXRSuperResolutionModel, read_provenance
+
+    folder = demo_assets.tiny_pipeline(tmp_path / "model")
+    pipe = CXRPipeline.from_pretrained(folder)
+    torch.manual_seed(0)
+    pipe.super_resolution = CXRSuperResolutionModel(block_out_channels=8, num_blocks=1)
+    pipe.save_pretrained(folder)
+    state = AppState(AppConfig(model=str(folder), data_dirs=[str(tmp_path)], runs_dirs=[str(tmp_path)]))
+    state.load_pipeline()
+    assert state.pipe.super_resolution is not None and state.size_choices == [64, 128, 192, 256, 512, 768]
+    assert "128 and 192 px: 64 px images upscaled by the super-resolution stage" in tab_generate.resolution_info(state)
+    assert "super-resolution stage to 128 and 192 px" in tab_models.pipeline_info(state)[0]
+    generate_fn = tab_generate.make_generate_fn(state)
+    quiet = lambda *args, **kwargs: None  # noqa: E731  (gr.Progress outside a request)
+    gallery, timing, _, records, paths, _ = generate_fn(PROMPT, "", 192, 2, 4.0, "dpm++", 7, False, 1, "none",
+                                                        progress=quiet)
+    assert Image.open(paths[0]).size == (192, 192) and records[0]["super_resolution"]["scale"] == 3
+    assert "192 px through the super-resolution stage: 64 px sampled, upscaled 3x." in timing
+    gallery, timing, _, records, paths, _ = generate_fn(PROMPT, "", 256, 1, 4.0, "dpm++", 7, False, 1, "none",
+                                                        progress=quiet)
+    assert Image.open(paths[0]).size == (256, 256) and "super_resolution" not in read_provenance(paths[0])
+    assert "256 px sampled directly: the super-resolution stage makes 128 and 192 px only" in timing

@@ -262,6 +262,52 @@ def test_bench_sampling_without_real_images_or_distilled_model(tmp_path, one_tor
 
 
 @pytest.mark.slow
+def test_bench_sampling_super_resolution_rows(tmp_path, one_torch_thread, capsys):
+    """512/768 px rows through an (untrained, tiny) stage, timed beside the native size in the same run."""
+    import torch
+
+    from cxr_diffusers import CXRSuperResolutionModel
+
+    torch.manual_seed(0)
+    CXRSuperResolutionModel(block_out_channels=8, num_blocks=1).save_pretrained(tmp_path / "sr")
+    out = tmp_path / "sampling.json"
+    _load("bench_sampling").main([
+        "--model", "tiny", "--sizes", "32", "--batch-sizes", "1", "2", "--seed-steps", "2", "--steps", "2",
+        "--reference-steps", "2", "--repeats", "1", "--matmul-size", "128", "--quality-n", "0", "--profile", "off",
+        "--super-resolution", str(tmp_path / "sr"), "--no-progress", "--output", str(out),
+    ])
+    saved = json.loads(out.read_text())
+    assert [r["recipe"] for r in saved["rows"]] == ["seed_ddim2", "default"] * 2  # the main table as before
+    section = saved["super_resolution"]
+    assert section["model"] == str(tmp_path / "sr") and section["sizes"] == [128, 192] and section["native_size"] == 64
+    assert section["config"]["block_out_channels"] == 8
+    rows = section["rows"]
+    assert [(r["size"], r["batch"], r["route"], r["scale"]) for r in rows] == [
+        (64, 1, "native", None), (128, 1, "super_resolution", 2), (192, 1, "super_resolution", 3),
+        (64, 2, "native", None), (128, 2, "super_resolution", 2), (192, 2, "super_resolution", 3)]
+    for row in rows:
+        assert row["ms_per_image"] > 0 and row["ratio_to_native"] > 0
+        shares = row["components"]["shares"]
+        assert sum(shares.values()) == pytest.approx(1.0, abs=1e-6)
+        if row["scale"]:
+            assert shares["super_resolution"] > 0 and row["flops"]["super_resolution_gflops"] > 0
+    assert rows[0]["ratio_to_native"] == pytest.approx(1.0)
+    goals = saved["goals"]["super_resolution"]
+    assert goals["batch"] == 2 and goals["at_gate_conditions"] is False
+    assert goals["128"]["at_most"] == 2.5 and goals["192"]["at_most"] == 5.0
+    assert goals["pass"] == (goals["128"]["within"] and goals["192"]["within"])
+    assert "x native" in capsys.readouterr().out
+
+    _load("bench_sampling").main([
+        "--model", "tiny", "--sizes", "32", "--batch-sizes", "1", "--seed-steps", "2", "--steps", "2",
+        "--reference-steps", "2", "--repeats", "1", "--matmul-size", "128", "--quality-n", "0", "--profile", "off",
+        "--super-resolution", "none", "--no-progress", "--output", str(out),
+    ])
+    saved = json.loads(out.read_text())
+    assert "rows" not in saved["super_resolution"] and saved["goals"]["super_resolution"]["pass"] is None
+
+
+@pytest.mark.slow
 def test_bench_training_smoke(tmp_path):
     out = tmp_path / "training.json"
     _load("bench_training").main(["--configs", "tiny", "--steps", "1", "--batch-size", "2", "--output", str(out)])

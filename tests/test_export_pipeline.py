@@ -90,3 +90,31 @@ def test_export_refuses_an_unwritable_output_dir(trained, tmp_path):
     (tmp_path / "a-file").write_text("x")
     result = run("--pipeline", trained, "--output_dir", tmp_path / "a-file" / "sub")
     assert result.returncode == 2 and "is a file, not a folder" in result.stderr
+
+
+def test_export_adds_the_super_resolution_stage(trained, tmp_path):
+    from cxr_diffusers import CXRSuperResolutionModel
+
+    torch.manual_seed(0)
+    CXRSuperResolutionModel(block_out_channels=8, num_blocks=1).save_pretrained(tmp_path / "sr")
+    out = tmp_path / "export"
+    result = run("--pipeline", trained, "--super_resolution", tmp_path / "sr", "--output_dir", out)
+    assert result.returncode == 0, result.stderr
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["super_resolution"] == ["cxr_diffusers.models.super_resolution_cxr", "CXRSuperResolutionModel"]
+    assert (out / "models" / "super_resolution_cxr.py").is_file()  # shipped with the remote code
+    with safe_open(str(out / "super_resolution" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    pipe = CXRPipeline.from_pretrained(out)
+    assert isinstance(pipe.super_resolution, CXRSuperResolutionModel) and pipe.super_resolution_sizes == (128, 192)
+    assert pipe.super_resolution.dtype == pipe.unet.dtype == torch.float32  # fp16 on disk, fp32 on the CPU
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("AP chest radiograph.", num_inference_steps=1, height=128, width=128, output_type="np").images
+    assert image.shape == (1, 128, 128, 1)
+    # a pipeline folder as the source of the stage, and a re-export keeps it
+    again = run("--pipeline", out, "--output_dir", tmp_path / "again", "--super_resolution", out)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "again" / "model_index.json").read_text())["super_resolution"][1] == \
+        "CXRSuperResolutionModel"
+    missing = run("--pipeline", trained, "--super_resolution", trained, "--output_dir", tmp_path / "none")
+    assert missing.returncode == 2 and "has no super_resolution/ component" in missing.stderr

@@ -202,3 +202,71 @@ def test_remote_code_refuses_imports_it_cannot_ship(tmp_path, monkeypatch):
         remote_code_modules(["cxr_diffusers.attr"])
     with pytest.raises(RuntimeError, match="absolutely"):
         remote_code_modules(["cxr_diffusers.absolute"])
+
+
+# ------------------------------------------------------------------------------------------ the super-resolution stage
+@pytest.fixture(scope="module")
+def exported_sr(tmp_path_factory):
+    from cxr_diffusers import CXRSuperResolutionModel
+
+    root = tmp_path_factory.mktemp("remote-sr")
+    torch.manual_seed(0)
+    pipe = CXRPipeline(**create_components("tiny"))
+    torch.manual_seed(1)
+    CXRSuperResolutionModel(block_out_channels=8, num_blocks=1).save_pretrained(root / "sr")
+    pipe.save_pretrained(root / "trained")
+    result = export("--pipeline", root / "trained", "--super_resolution", root / "sr", "--output_dir", root / "export",
+                    "--dtype", "fp32")
+    assert result.returncode == 0, result.stderr
+    return root / "export"
+
+
+def generate_large(pipe):
+    return pipe(PROMPT, height=128, width=128, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                output_type="np").images
+
+
+def test_export_with_the_stage_ships_and_names_it(exported_sr, tmp_path, monkeypatch):
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import dynamic_modules_utils
+
+    index = json.loads((exported_sr / "model_index.json").read_text())
+    assert index["super_resolution"] == ["cxr_diffusers.models.super_resolution_cxr", "CXRSuperResolutionModel"]
+    entry = (exported_sr / ENTRY_POINT).read_text()
+    assert '"cxr_diffusers.models.super_resolution_cxr": CXRSuperResolutionModel' in entry
+    assert (exported_sr / "models" / "super_resolution_cxr.py").read_bytes() == \
+        (Path(cxr_diffusers.__file__).parent / "models" / "super_resolution_cxr.py").read_bytes()
+    monkeypatch.setattr(dynamic_modules_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    try:
+        pipe = DiffusionPipeline.from_pretrained(exported_sr, trust_remote_code=True)
+        assert type(pipe.super_resolution).__module__ == "cxr_diffusers.models.super_resolution_cxr"
+    finally:
+        for name in [m for m in sys.modules if m.startswith("diffusers_modules")]:
+            del sys.modules[name]
+
+
+@pytest.mark.slow
+def test_diffusers_alone_loads_the_stage_and_makes_the_same_large_image(exported_sr, tmp_path):
+    code = f"""
+        import sys
+        import numpy as np
+        import torch
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained({str(exported_sr)!r}, trust_remote_code=True)
+        assert type(pipe.super_resolution).__module__.startswith("diffusers_modules."), type(pipe.super_resolution)
+        pipe.set_progress_bar_config(disable=True)
+        images = pipe({PROMPT!r}, height=128, width=128, num_inference_steps=2,
+                      generator=torch.Generator().manual_seed(0), output_type="np").images
+        np.save("large.npy", images)
+        assert "cxr_diffusers" not in sys.modules
+    """
+    result = run_without_the_package(code, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    pipe = CXRPipeline.from_pretrained(exported_sr)
+    pipe.set_progress_bar_config(disable=True)
+    local = generate_large(pipe)
+    remote = np.load(tmp_path / "large.npy")
+    assert remote.shape == local.shape == (1, 128, 128, 1)
+    np.testing.assert_allclose(remote, local, rtol=0, atol=1e-5)

@@ -12,6 +12,10 @@ custom pipeline), so that diffusers alone loads it where cxr-diffusers is not in
 `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`; `--no-remote_code` leaves it out (and keeps
 `"_class_name": "CXRPipeline"`). `CXRPipeline.from_pretrained` never runs that code.
 
+`--super_resolution FOLDER` adds the second stage (a `CXRSuperResolutionModel` folder, or a pipeline folder with
+`super_resolution/`) as the pipeline's `super_resolution` component: the export then makes 512 and 768 px by
+upscaling its 256 px images, and ships the model's code with the rest.
+
 A non-empty `--output_dir` is replaced only with `--overwrite`, never when it is (or contains) the pipeline or VAE being
 exported, and only once the new folder is complete.
 """
@@ -28,6 +32,7 @@ import torch
 
 from cxr_diffusers import CXRAutoencoderKL, CXRInputError, CXRPipeline
 from cxr_diffusers.hub import load_pretrained
+from cxr_diffusers.pipelines.pipeline_cxr import load_super_resolution
 from cxr_diffusers.remote_code import write_remote_code
 from cxr_diffusers.schedulers import LATENT_SCHEDULER_DEFAULTS
 from cxr_diffusers.training_utils import run_script
@@ -40,6 +45,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pipeline", required=True, help="trained pipeline folder (train_ldm.py output)")
     parser.add_argument("--vae", default=None, help="replace the VAE (must share the encoder's latent space)")
+    parser.add_argument("--super_resolution", default=None, metavar="FOLDER",
+                        help="add (or replace) the super-resolution stage: a CXRSuperResolutionModel folder "
+                             "(train_super_resolution.py output) or a pipeline folder with super_resolution/")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
     parser.add_argument("--dtype", default="fp16", choices=sorted(DTYPES))
@@ -50,9 +58,11 @@ def main(argv=None) -> int:
                         "(trust_remote_code=True); default on")
     args = parser.parse_args(argv)
     try:
-        out = check_output_dir(args.output_dir, overwrite=args.overwrite, protected=(args.pipeline, args.vae))
+        out = check_output_dir(args.output_dir, overwrite=args.overwrite,
+                               protected=(args.pipeline, args.vae, args.super_resolution))
         pipe = CXRPipeline.from_pretrained(args.pipeline)
         vae = load_pretrained(CXRAutoencoderKL, args.vae, "VAE") if args.vae else None
+        super_resolution = load_super_resolution(args.super_resolution) if args.super_resolution else None
     except CXRInputError as error:
         parser.error(str(error))
     if vae is not None:
@@ -61,12 +71,15 @@ def main(argv=None) -> int:
                          f"{pipe.vae.config.scaling_factor}: it is not the same latent space")
         pipe.vae = vae
         pipe.register_modules(vae=vae)
+    if super_resolution is not None:
+        pipe.register_modules(super_resolution=super_resolution)
     # pipelines trained before the setting existed: store clip_sample=False so DDIMScheduler.from_config inherits it
     scheduler = type(pipe.scheduler).from_config({**pipe.scheduler.config, **LATENT_SCHEDULER_DEFAULTS})
     pipe.scheduler = scheduler
     pipe.register_modules(scheduler=scheduler)
-    for module in (pipe.vae, pipe.unet, pipe.text_encoder):
-        module.to(DTYPES[args.dtype])
+    for module in (pipe.vae, pipe.unet, pipe.text_encoder, pipe.super_resolution):
+        if module is not None:
+            module.to(DTYPES[args.dtype])
     with staged_output_dir(out) as staging:
         pipe.save_pretrained(staging, safe_serialization=True)
         if args.remote_code:

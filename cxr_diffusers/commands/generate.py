@@ -5,6 +5,10 @@ Fast mode (see `cxr_diffusers.fast`): `--distilled FOLDER` swaps in a distilled 
 `<distilled>/vae_tiny`), and `--fast` both from the model's sibling folder `<model>-lcm`:
 
     cxr-diffusers generate pretrained/cxr-ldm-small --fast -p "PA chest radiograph. Findings: pneumonia."
+
+512 and 768 px (`--height/--width`) come from the pipeline's super-resolution stage where MODEL has one
+(`super_resolution/`) or `--super-resolution FOLDER` adds it: 256 px sampled, then upscaled 2x or 3x;
+`--no-super-resolution` samples the large canvas directly (the UNet then tiles its 256 px layout).
 """
 
 from __future__ import annotations
@@ -39,6 +43,13 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=seed_type, default=0, help="seed in [0, 2**63 - 1]; image i uses seed+i (default 0)")
     parser.add_argument("--height", type=int, default=None, help="image height (default: the model's size)")
     parser.add_argument("--width", type=int, default=None, help="image width (default: the model's size)")
+    stage = parser.add_mutually_exclusive_group()
+    stage.add_argument("--super-resolution", default=None, metavar="FOLDER",
+                       help="add a super-resolution stage (a CXRSuperResolutionModel folder, or a pipeline folder with "
+                            "super_resolution/) for sizes above the model's (512 and 768 px from 256 px)")
+    stage.add_argument("--no-super-resolution", action="store_true",
+                       help="sample sizes above the model's directly even where MODEL has a super-resolution stage "
+                            "(the UNet tiles its layout on a larger canvas)")
     parser.add_argument("--scheduler", default=None,
                         help="dpm++ (default), ddim, ddpm, euler, unipc, or lcm (a few-step model from train_lcm_distill.py)")
     parser.add_argument("--enhancement", default=None, help="enhancement preset applied to the outputs")
@@ -120,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import CXRInputError
     from ..fast import FAST_STEPS, load_distilled_unet, load_tiny_decoder
     from ..pipelines import CXRPipeline
+    from ..pipelines.pipeline_cxr import load_super_resolution
     from ..provenance import read_provenance
     from ..schedulers import scheduler_from_name
     from ..utils.image_grid import make_grid
@@ -136,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
     steps = args.steps or (FAST_STEPS if distilled else 25)
     overrides = dict(zip(("unet", "scheduler"), load_distilled_unet(distilled))) if distilled else {}
     tiny_vae = load_tiny_decoder(tiny) if tiny else None
+    if args.super_resolution:
+        overrides["super_resolution"] = load_super_resolution(args.super_resolution)
     pipe = CXRPipeline.from_pretrained(args.model, **overrides)
     if tiny_vae is not None:
         pipe._check_vae(tiny_vae, pipe.unet)
@@ -165,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
                 generator=torch.Generator().manual_seed(seed),
                 enhancement=args.enhancement,
                 guidance_interval=interval,
+                super_resolution=False if args.no_super_resolution else None,
             ).images[0]
             seconds.append(time.perf_counter() - start)
             path = out_dir / f"cxr_{p_index:02d}_{i:03d}_seed{seed}.png"
@@ -172,12 +187,14 @@ def run(args: argparse.Namespace) -> int:
             image.save(partial, format="PNG")
             os.replace(partial, path)
             images.append(image)
-            record_seen = read_provenance(image).get("prompt_seen_by_model")
+            provenance = read_provenance(image)
+            record_seen = provenance.get("prompt_seen_by_model")
+            stage = provenance.get("super_resolution")
             records.append({"file": path.name, "prompt": prompt,
                             **({"prompt_seen_by_model": record_seen} if record_seen else {}),
                             "seed": seed, "seconds": round(seconds[-1], 3),
                             "steps": steps, "guidance": args.guidance, **interval_record, "model": args.model,
-                            **fast_record,
+                            **fast_record, **({"super_resolution": stage} if stage else {}),
                             "scheduler": type(pipe.scheduler).__name__, "enhancement": args.enhancement,
                             "dtype": str(dtype).removeprefix("torch."), "synthetic": True, "not_for_clinical_use": True})
             write_manifest(out_dir / "manifest.jsonl", records[-1:])  # after every image: true even if interrupted
@@ -186,6 +203,10 @@ def run(args: argparse.Namespace) -> int:
     per_image = sorted(seconds)[len(seconds) // 2]
     mode = (f" in fast mode ({'distilled UNet, ' if distilled else ''}{steps} steps"
             f"{', tiny decoder' if tiny else ''})") if fast_record else ""
+    stage = records[-1].get("super_resolution")
+    if stage:
+        mode += (f" through the super-resolution stage ({stage['base_width']}x{stage['base_height']} px sampled, "
+                 f"upscaled {stage['scale']}x)")
     print(f"Wrote {len(images)} image(s) to {out_dir}/ (manifest.jsonl{', grid.png' if args.grid else ''}){mode}; "
           f"median {per_image:.2f} s per image. Synthetic images: not for clinical use.")
     return 0

@@ -19,6 +19,8 @@ def describe_pipeline(pipe) -> dict:
 
     components = {}
     for name, component in pipe.components.items():
+        if component is None:  # an optional component the pipeline has not got (super_resolution)
+            continue
         entry = {"class": type(component).__name__}
         if isinstance(component, torch.nn.Module):
             params = list(component.parameters())

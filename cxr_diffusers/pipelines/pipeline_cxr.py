@@ -14,6 +14,14 @@ in the diffusers way (see `cxr_diffusers.load_fast_pipeline`):
                                                                               subfolder="scheduler"))
     pipe.vae = AutoencoderTiny.from_pretrained("pretrained/cxr-ldm-small-lcm", subfolder="vae_tiny")
 
+Resolution is a cascade: the UNet learned 256 px layouts, so 512 and 768 px come from the optional `super_resolution`
+component ([`CXRSuperResolutionModel`]): the pipeline samples 256 px (the same image as a 256 px call with that seed)
+and upscales it 2x or 3x. A pipeline folder with `super_resolution/` loads it; otherwise pass one:
+
+    sr = CXRSuperResolutionModel.from_pretrained("runs/super-resolution")
+    pipe = CXRPipeline.from_pretrained("pretrained/cxr-ldm-small", super_resolution=sr)
+    image = pipe(prompt, height=768, width=768).images[0]       # 256 px sampled, upscaled 3x
+
 Synthetic images, NOT FOR CLINICAL USE: every PIL output carries that label and its generation parameters in its
 metadata (see `cxr_diffusers.provenance`).
 """
@@ -42,6 +50,7 @@ from diffusers.utils.torch_utils import randn_tensor
 # The custom components must be importable under the module paths stored in model_index.json.
 from ..errors import CXRInputError, ModelLoadingError, SamplingError
 from ..models.autoencoder_cxr import CXRAutoencoderKL
+from ..models.super_resolution_cxr import CXRSuperResolutionModel
 from ..models.text_encoder_cxr import CXRTextEncoder
 from ..models.unet_cxr import CXRUNet2DConditionModel, guidance_scale_embedding
 from ..provenance import attach_provenance, make_record
@@ -54,6 +63,9 @@ MAX_IMAGE_SIDE = 1024
 MAX_IMAGES_PER_CALL = 64
 # Classifier-free guidance far beyond this only amplifies the difference of two predictions until it overflows.
 MAX_GUIDANCE_SCALE = 30.0
+# Images the super-resolution stage upscales per forward: its 3x head holds 9x the trunk's channels at the input
+# resolution (about 0.1 GB per 256 px image in fp32), so a large batch runs in chunks.
+SUPER_RESOLUTION_BATCH = 4
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +131,62 @@ def vae_downsample_factor(vae) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
+#: The pipeline folder's subfolder of the super-resolution component.
+SUPER_RESOLUTION_FOLDER = "super_resolution"
+
+
+def load_super_resolution(path: str | os.PathLike) -> CXRSuperResolutionModel:
+    """
+    The [`CXRSuperResolutionModel`] at `path`: its own folder (`config.json`, as `save_pretrained` writes it) or a
+    local pipeline folder with `super_resolution/`, or a Hub id of the model's own repo (safetensors only); one
+    sentence when it is neither.
+    """
+    import json
+
+    from ..hub import check_model_location, load_pretrained
+
+    location = check_model_location(path, "super-resolution model")
+    if os.path.isdir(location):
+        sub = os.path.join(location, SUPER_RESOLUTION_FOLDER)
+        if os.path.isfile(os.path.join(sub, "config.json")):
+            location = sub
+        elif os.path.isfile(os.path.join(location, "model_index.json")):
+            raise ModelLoadingError(
+                f"The pipeline folder {os.fspath(path)!r} has no {SUPER_RESOLUTION_FOLDER}/ component; give a "
+                "super-resolution model folder (train_scripts/train_super_resolution.py writes one) or a pipeline "
+                "exported with --super_resolution."
+            )
+        config = os.path.join(location, "config.json")
+        try:
+            with open(config, encoding="utf-8") as handle:
+                class_name = json.load(handle).get("_class_name")
+        except (OSError, ValueError, AttributeError):
+            class_name = None
+        if class_name != CXRSuperResolutionModel.__name__:
+            raise ModelLoadingError(
+                f"{os.fspath(path)!r} is neither a super-resolution model folder (a config.json of "
+                f"{CXRSuperResolutionModel.__name__}) nor a pipeline folder with {SUPER_RESOLUTION_FOLDER}/"
+                + (f"; its config.json is a {class_name}." if class_name else ".")
+            )
+    return load_pretrained(CXRSuperResolutionModel, location, "super-resolution model").eval()
+
+
+@torch.no_grad()
+def upscale_images(model: CXRSuperResolutionModel, images: torch.Tensor, scale: int,
+                   batch_size: int = SUPER_RESOLUTION_BATCH) -> torch.Tensor:
+    """
+    `images` `(B, 1, H, W)` upscaled `scale` times by the super-resolution `model`: clamped to [-1, 1] (the image as
+    it displays, what the model was trained on), run on the model's device and in its dtype, `batch_size` images per
+    forward, clamped again (the residual may overshoot) and returned on the input's device and dtype. The one home of
+    the stage: `CXRPipeline.__call__` and `cxr-diffusers upscale` both run it.
+    """
+    scale = model.check_scale(scale)
+    weight = next(model.parameters())
+    chunks = [model(chunk.to(weight.device, weight.dtype).clamp(-1, 1), scale).sample.clamp(-1, 1)
+              for chunk in images.split(batch_size)]
+    return torch.cat(chunks).to(images.device, images.dtype)
+
+
 @dataclass
 class CXRPipelineOutput(BaseOutput):
     """
@@ -141,9 +209,12 @@ class CXRPipeline(DiffusionPipeline):
         tokenizer (`transformers.PreTrainedTokenizerBase`): the text encoder's tokenizer.
         unet ([`CXRUNet2DConditionModel`]): the latent denoiser.
         scheduler ([`SchedulerMixin`]): any diffusers scheduler (default DPM-Solver++ multistep).
+        super_resolution ([`CXRSuperResolutionModel`], *optional*): the second stage; sizes above `default_size`
+            are sampled at `default_size` and upscaled by one of its `scale_factors` (see `super_resolution_plan`).
     """
 
-    model_cpu_offload_seq = "text_encoder->unet->vae"
+    model_cpu_offload_seq = "text_encoder->unet->vae->super_resolution"
+    _optional_components = ["super_resolution"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
     max_text_length = 128
 
@@ -154,10 +225,13 @@ class CXRPipeline(DiffusionPipeline):
         tokenizer: PreTrainedTokenizerBase,
         unet: CXRUNet2DConditionModel,
         scheduler,
+        super_resolution: CXRSuperResolutionModel | None = None,
     ):
         super().__init__()
-        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                              super_resolution=super_resolution)
         self._check_vae(vae, unet)
+        self._check_super_resolution(super_resolution)
         if text_encoder.config.projection_dim != unet.config.cross_attention_dim:
             raise CXRInputError(
                 f"The text encoder projects to {text_encoder.config.projection_dim} but the UNet's "
@@ -233,6 +307,28 @@ class CXRPipeline(DiffusionPipeline):
 
             write_remote_code(save_directory, type(self))
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """
+        diffusers records an optional component assigned where there was None as absent (`(None, None)` in the
+        config), so `save_pretrained` would leave it out: `pipe.super_resolution = model` registers it properly.
+        """
+        if name in self._optional_components and value is not None and name in self.__dict__:
+            from diffusers.pipelines.pipeline_loading_utils import _fetch_class_library_tuple
+
+            self._check_super_resolution(value)
+            self.register_to_config(**{name: _fetch_class_library_tuple(value)})
+            object.__setattr__(self, name, value)
+            return
+        super().__setattr__(name, value)
+
+    @staticmethod
+    def _check_super_resolution(model) -> None:
+        if model is not None and model.config.in_channels != 1:
+            raise CXRInputError(
+                f"The super-resolution model upscales {model.config.in_channels} channels; chest X-rays have one grey "
+                "channel."
+            )
+
     @staticmethod
     def _check_vae(vae, unet) -> None:
         """The VAE (or tiny autoencoder) must decode the UNet's latents into one grey channel."""
@@ -265,7 +361,73 @@ class CXRPipeline(DiffusionPipeline):
 
     @property
     def default_size(self) -> int:
+        """The UNet's native image side (its training latents x the VAE's downsampling): 256 px for the v1 model."""
         return self.unet.config.sample_size * self.vae_scale_factor
+
+    # ------------------------------------------------------------------ super-resolution stage
+    @property
+    def super_resolution_sizes(self) -> tuple[int, ...]:
+        """The image sides the super-resolution stage makes (`default_size` x each of its scale factors, at most
+        `MAX_IMAGE_SIDE`); empty without the component."""
+        model = getattr(self, "super_resolution", None)
+        if model is None:
+            return ()
+        return tuple(self.default_size * s for s in sorted(model.scale_factors) if self.default_size * s <= MAX_IMAGE_SIDE)
+
+    def super_resolution_plan(self, height: int, width: int, super_resolution: bool | None = None) -> int | None:
+        """
+        The scale by which `__call__` upscales a `height` x `width` request (it samples `height / scale` x
+        `width / scale`), or None where it samples that canvas directly; a `CXRInputError` for a size the stage
+        cannot make.
+
+        Args:
+            height (`int`), width (`int`): the requested output size.
+            super_resolution (`bool`, *optional*): None uses the stage when the component is present and the size
+                exceeds `default_size`; False never (a direct large canvas); True requires it.
+        """
+        if super_resolution is not None and not isinstance(super_resolution, bool):
+            raise CXRInputError(f"super_resolution must be True, False or None, got {super_resolution!r}.")
+        model, native = getattr(self, "super_resolution", None), self.default_size
+        if super_resolution is False:
+            return None
+        if model is None:
+            if super_resolution:
+                raise CXRInputError(
+                    "super_resolution=True needs a super-resolution component: load it with "
+                    "CXRPipeline.from_pretrained(model, super_resolution=CXRSuperResolutionModel.from_pretrained(folder)) "
+                    "(train_scripts/train_super_resolution.py trains one)."
+                )
+            return None
+        if max(height, width) <= native:
+            if super_resolution:
+                raise CXRInputError(
+                    f"super_resolution=True upscales sizes above the UNet's native {native} px; {height}x{width} is "
+                    f"sampled directly, so ask for {self._sizes_text()}."
+                )
+            return None
+        scale, remainder = divmod(max(height, width), native)
+        base_h, base_w = height // scale, width // scale
+        if (remainder or scale not in model.scale_factors or height % scale or width % scale
+                or base_h % self.size_multiple or base_w % self.size_multiple):
+            raise CXRInputError(
+                f"{height}x{width} px cannot be made: this pipeline makes {self._sizes_text()} (as the longer side; "
+                f"the shorter one divided by the same factor must be a multiple of {self.size_multiple} px); pass "
+                f"super_resolution=False to sample the large canvas directly, which tiles the {native} px layout."
+            )
+        return scale
+
+    def _sizes_text(self) -> str:
+        """E.g. "256 px natively; 512 and 768 px through the super-resolution stage"."""
+        sizes = [str(s) for s in self.super_resolution_sizes]
+        if not sizes:
+            return f"{self.default_size} px natively"
+        staged = f"{', '.join(sizes[:-1])} and {sizes[-1]}" if len(sizes) > 1 else sizes[0]
+        return f"{self.default_size} px natively; {staged} px through the super-resolution stage"
+
+    def _super_resolution_record(self, scale: int, base_height: int, base_width: int) -> dict[str, Any]:
+        """Provenance of the stage: the scale, the sampled base size and the model's folder (`_name_or_path`)."""
+        model = str(getattr(self.super_resolution.config, "_name_or_path", None) or "unknown")
+        return {"scale": scale, "base_height": base_height, "base_width": base_width, "model": model}
 
     # ------------------------------------------------------------------ VAE memory options
     def enable_vae_slicing(self) -> None:
@@ -326,18 +488,21 @@ class CXRPipeline(DiffusionPipeline):
         guidance_rescale: float = 0.0,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         guidance_interval: tuple[float, float] | None = None,
+        super_resolution: bool | None = None,
     ) -> None:
         r"""
         Validate the arguments of `__call__`; raise `CXRInputError` with one sentence on the first bad one.
 
         Args:
             prompt (`str` or `list[str]`, *optional*): the radiology text (exactly one of `prompt`, `prompt_embeds`).
-            height (`int`), width (`int`): image size, positive multiples of `size_multiple`, at most `MAX_IMAGE_SIDE`.
+            height (`int`), width (`int`): image size, positive multiples of `size_multiple`, at most `MAX_IMAGE_SIDE`;
+                above `default_size` with a super-resolution component, a size it makes (`super_resolution_plan`).
             num_inference_steps (`int`): at least 1 and at most the scheduler's training timesteps.
             guidance_scale (`float`): in [0, `MAX_GUIDANCE_SCALE`].
             num_images_per_prompt (`int`): at least 1; prompts x images at most `MAX_IMAGES_PER_CALL`.
             output_type (`str`): "pil", "np", "pt" or "latent".
-            latents (`torch.Tensor`, *optional*): finite, of shape `(B, C, height / 8, width / 8)`.
+            latents (`torch.Tensor`, *optional*): finite, of shape `(B, C, height / 8, width / 8)` (of the base size
+                when the super-resolution stage upscales).
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): one, or one per image.
             negative_prompt (`str` or `list[str]`, *optional*): one per prompt; not with `negative_prompt_embeds`.
             prompt_embeds (`torch.Tensor`, *optional*): `(B, L, cross_attention_dim)`, finite; not with `prompt`.
@@ -348,6 +513,8 @@ class CXRPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs (`list[str]`, *optional*): names from `_callback_tensor_inputs`.
             guidance_interval (`tuple[float, float]`, *optional*): `(lo, hi)` with `0 <= lo <= hi` (`hi` may be
                 infinite), noise levels sigma; not for a UNet with a guidance embedding.
+            super_resolution (`bool`, *optional*): None, True or False (see `super_resolution_plan`); a size the
+                stage makes cannot be returned as latents.
 
         With a guidance-embedded UNet (`time_cond_proj_dim`, a latent consistency model) there is no unconditional
         branch: negative prompts, `guidance_rescale` and `guidance_interval` are refused.
@@ -448,14 +615,28 @@ class CXRPipeline(DiffusionPipeline):
             )
         multiple = self.size_multiple
         for name, value in (("height", height), ("width", width)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0 or value % multiple:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
                 raise CXRInputError(
                     f"{name}={value!r} is not supported: use a positive multiple of {multiple} such as 256, 512 or 768."
                 )
             if value > MAX_IMAGE_SIDE:
                 raise CXRInputError(f"{name}={value} exceeds the largest supported side of {MAX_IMAGE_SIDE} px.")
+        scale = self.super_resolution_plan(int(height), int(width), super_resolution)
+        if scale is None:
+            for name, value in (("height", height), ("width", width)):
+                if value % multiple:
+                    raise CXRInputError(
+                        f"{name}={value!r} is not supported: use a positive multiple of {multiple} such as 256, 512 or 768."
+                    )
+        base_height, base_width = (int(height), int(width)) if scale is None else (height // scale, width // scale)
         if output_type not in OUTPUT_TYPES and output_type != "latent":
             raise CXRInputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)} or 'latent', got {output_type!r}.")
+        if output_type == "latent" and scale is not None:
+            raise CXRInputError(
+                f"output_type='latent' cannot give {height}x{width}: that size comes from the super-resolution stage, "
+                f"which works on decoded pixels; ask for 'pil', 'np' or 'pt', or for the base latents with "
+                f"height={base_height}, width={base_width} (or super_resolution=False)."
+            )
         batch = num_prompts * int(num_images_per_prompt)
         if batch > MAX_IMAGES_PER_CALL:
             raise CXRInputError(
@@ -475,7 +656,8 @@ class CXRPipeline(DiffusionPipeline):
                 f"({num_prompts} prompts x {num_images_per_prompt} per prompt); give one per image or a single one."
             )
         if latents is not None:
-            expected = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+            expected = (batch, self.unet.config.in_channels, base_height // self.vae_scale_factor,
+                        base_width // self.vae_scale_factor)
             if not isinstance(latents, torch.Tensor):
                 raise CXRInputError(f"latents must be a torch.Tensor, got {type(latents).__name__}.")
             if tuple(latents.shape) != expected:
@@ -709,6 +891,7 @@ class CXRPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
         enhancement: str | dict | Any | None = None,
         guidance_interval: tuple[float, float] | None = None,
+        super_resolution: bool | None = None,
     ) -> CXRPipelineOutput | tuple:
         r"""
         Generate chest X-rays from text.
@@ -718,8 +901,10 @@ class CXRPipeline(DiffusionPipeline):
                 cardiomegaly."; or pass `prompt_embeds`.
             negative_prompt (`str` or `list[str]`, *optional*): text to steer away from (one per prompt); default the
                 unconditional (empty) text.
-            height (`int`, *optional*), width (`int`, *optional*): output size, a multiple of `size_multiple` (256,
-                512, 768, ...); default the training size.
+            height (`int`, *optional*), width (`int`, *optional*): output size, a multiple of `size_multiple`; default
+                the UNet's native size (`default_size`, 256 px). Above it, with a super-resolution component, the
+                pipeline samples the native size and upscales (512 px: 2x, 768 px: 3x); without one it samples the
+                large canvas directly, where the UNet tiles its 256 px layout (with a warning).
             num_inference_steps (`int`, defaults to 25): denoising steps (20-25 with the default DPM-Solver++).
             guidance_scale (`float`, defaults to 4.0): classifier-free guidance weight; <= 1 disables guidance. With a
                 guidance-embedded UNet (`time_cond_proj_dim`, a distilled few-step model with `LCMScheduler`) the
@@ -752,6 +937,10 @@ class CXRPipeline(DiffusionPipeline):
                 [lo, hi] (`hi` may be `float("inf")`), and elsewhere run the conditional branch alone, one UNet
                 evaluation instead of two (Kynkaanniemi et al. 2024, "Applying guidance in a limited interval
                 improves sample and distribution quality"); see `noise_levels`. Default None: guidance at every step.
+            super_resolution (`bool`, *optional*): None (default) upscales with the `super_resolution` component
+                when it is present and the size exceeds `default_size`; False samples the requested canvas directly;
+                True requires the stage. The denoising loop, `latents` and `callback_on_step_end` work at the base
+                size; the stage is deterministic, so a seed gives the base image of a native call, upscaled.
 
         Examples:
 
@@ -778,10 +967,21 @@ class CXRPipeline(DiffusionPipeline):
             guidance_rescale=guidance_rescale,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
             guidance_interval=guidance_interval,
+            super_resolution=super_resolution,
         )
         num_inference_steps = int(num_inference_steps)
         num_images_per_prompt = int(num_images_per_prompt)
         height, width = int(height), int(width)
+        scale = self.super_resolution_plan(height, width, super_resolution)
+        base_height, base_width = (height, width) if scale is None else (height // scale, width // scale)
+        if scale is None and super_resolution is None and max(height, width) > self.default_size:
+            logger.warning(
+                "The UNet learned %d px layouts: on a %dx%d canvas it tiles the anatomy (several small lung fields). "
+                "For %s px, add the super-resolution stage: CXRPipeline.from_pretrained(model, super_resolution="
+                "CXRSuperResolutionModel.from_pretrained(folder)) (trained by train_scripts/train_super_resolution.py), "
+                "or upscale a %d px image with `cxr-diffusers upscale`.",
+                self.default_size, height, width, max(height, width), self.default_size,
+            )
         guidance_rescale = float(guidance_rescale)
         from ..enhancement import resolve_enhancement  # lazy: the enhancement module is optional post-processing
 
@@ -819,7 +1019,7 @@ class CXRPipeline(DiffusionPipeline):
                 f"{type(self.scheduler).__name__} cannot take {num_inference_steps} steps: its timesteps would repeat; "
                 f"use fewer steps (10-50 is plenty) or DDIM."
             )
-        latents = self.prepare_latents(batch, height, width, prompt_embeds.dtype, device, generator, latents)
+        latents = self.prepare_latents(batch, base_height, base_width, prompt_embeds.dtype, device, generator, latents)
         # Stochastic schedulers (DDPM, ancestral samplers, LCM's re-noising) draw their noise from the same generator.
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
         guided = self._guided_steps(timesteps, do_cfg, guidance_interval)
@@ -869,13 +1069,16 @@ class CXRPipeline(DiffusionPipeline):
                     self._check_finite(latents, step, len(timesteps), guidance_scale, after="callback_on_step_end")
                 progress.update()
 
-        # 4. decode and post-process (VaeImageProcessor: [-1, 1] -> [0, 1] -> np / PIL "L")
+        # 4. decode, upscale with the second stage if needed, post-process (VaeImageProcessor: [-1, 1] -> [0, 1] ->
+        # np / PIL "L"); enhancement applies to the final image
         if output_type == "latent":
             images = latents
         else:
             images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
             if not torch.isfinite(images).all():
                 raise SamplingError("The VAE decoded non-finite pixel values; the image would be black.")
+            if scale is not None:
+                images = upscale_images(self.super_resolution, images, scale)
             do_denormalize = None
             if enhancer is not None:
                 images = self._apply_enhancement(self.image_processor.denormalize(images), enhancer)
@@ -888,6 +1091,7 @@ class CXRPipeline(DiffusionPipeline):
                     images, prompts, negative_prompt, num_images_per_prompt, generator,
                     num_inference_steps, guidance_scale, height, width, enhancer, prompts_seen, guidance_rescale,
                     guidance_interval, guidance_embedded,
+                    None if scale is None else self._super_resolution_record(scale, base_height, base_width),
                 )
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -926,7 +1130,7 @@ class CXRPipeline(DiffusionPipeline):
 
     def _attach_provenance(
         self, images, prompts, negative_prompt, per_prompt, generator, steps, guidance, height, width, enhancer,
-        prompts_seen, guidance_rescale=0.0, guidance_interval=None, guidance_embedded=False,
+        prompts_seen, guidance_rescale=0.0, guidance_interval=None, guidance_embedded=False, super_resolution=None,
     ) -> None:
         num_prompts = len(images) // per_prompt
         if prompts is None:  # precomputed prompt_embeds: the text is unknown
@@ -954,6 +1158,7 @@ class CXRPipeline(DiffusionPipeline):
                    if guidance_interval is not None else {}),
                 **({"guidance_embedded": True} if guidance_embedded else {}),
                 **components,
+                **({"super_resolution": super_resolution} if super_resolution else {}),
                 height=height,
                 width=width,
                 scheduler=type(self.scheduler).__name__,
