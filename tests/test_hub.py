@@ -20,7 +20,7 @@ TINY = str(REPO_ROOT / "train_scripts" / "configs" / "tiny.json")
 def test_card_templates_are_package_data():
     package_dir = Path(cxr_diffusers.__file__).parent
     assert Path(str(TEMPLATES_DIR)).parent == package_dir and not (REPO_ROOT / "model_cards").exists()
-    assert list_templates() == ["classifier", "ddpm", "lcm", "lcm_fast", "pipeline", "synthetic_dataset",
+    assert list_templates() == ["classifier", "ddpm", "lcm", "lcm_fast", "pipeline", "super_resolution", "synthetic_dataset",
                                 "tiny_autoencoder", "vae"]
     setup = configparser.ConfigParser()
     setup.read(REPO_ROOT / "setup.cfg")
@@ -38,7 +38,7 @@ def test_every_template_renders(template, tmp_path):
 
 
 def test_unknown_template_is_one_sentence():
-    with pytest.raises(CXRInputError, match="not found .* there are classifier, ddpm, lcm, lcm_fast, pipeline, synthetic_dataset, tiny_autoencoder, vae"):
+    with pytest.raises(CXRInputError, match="not found .* there are classifier, ddpm, lcm, lcm_fast, pipeline, super_resolution, synthetic_dataset, tiny_autoencoder, vae"):
         render_model_card("nope")
 
 

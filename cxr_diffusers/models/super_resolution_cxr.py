@@ -76,6 +76,8 @@ class CXRSuperResolutionModel(ModelMixin, ConfigMixin):
             trunks).
     """
 
+    _supports_gradient_checkpointing = True
+
     @register_to_config
     def __init__(
         self,
@@ -95,6 +97,7 @@ class CXRSuperResolutionModel(ModelMixin, ConfigMixin):
         self.blocks = nn.ModuleList(_ResidualBlock(block_out_channels, residual_scaling) for _ in range(num_blocks))
         self.conv_trunk = nn.Conv2d(block_out_channels, block_out_channels, 3, padding=1)
         self.heads = nn.ModuleDict({str(s): _UpsampleHead(block_out_channels, in_channels, s) for s in scales})
+        self.gradient_checkpointing = False
 
     @property
     def scale_factors(self) -> tuple[int, ...]:
@@ -123,7 +126,10 @@ class CXRSuperResolutionModel(ModelMixin, ConfigMixin):
         hidden = self.conv_in(sample)
         trunk = hidden
         for block in self.blocks:
-            trunk = block(trunk)
+            if torch.is_grad_enabled() and self.gradient_checkpointing:  # training: recompute in the backward pass
+                trunk = self._gradient_checkpointing_func(block, trunk)
+            else:
+                trunk = block(trunk)
         hidden = hidden + self.conv_trunk(trunk)
         output = upsampled + self.heads[str(scale)](hidden)
         if not return_dict:
