@@ -483,3 +483,14 @@ def test_jsrt_loader_with_masks(shared_data):
     assert all(r["mask_left_lung"] and r["mask_heart"] for r in rows)
     assert {r["source"] for r in rows} == {"jsrt"} and rows[0]["prompt"].startswith("PA chest radiograph")
     assert len({r["patient_id"] for r in rows}) == 247 and set(data) == {"train", "validation", "test"}
+    # --splits-from: the same nih_cxr8 splits without saving nih_subset's images
+    only = tmp_path / "nih_only"
+    assert main(["data", "build", "--splits-from", f"nih_subset={shared_data / 'nih_subset_300'}",
+                 "--source", "nih_cxr8", "--root", str(shared_data / "nih_cxr8_768"), "--check-images", "exists",
+                 "--out", str(only)]) == 0
+    alone = load_saved(only)
+    assert {s for ds in alone.values() for s in ds["source"]} == {"nih_cxr8"}
+    for split, ds in alone.items():
+        assert all(splits_of[patient] == {split} for patient in ds["patient_id"])
+    assert main(["data", "build", "--splits-from", "nih_subset", "--source", "nih_cxr8", "--root", "x",
+                 "--out", str(tmp_path / "bad")]) == 2

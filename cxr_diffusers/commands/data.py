@@ -40,6 +40,10 @@ def register(subparsers) -> None:
                        help="dataset kind; repeat together with --root to combine several sources")  # fmt: skip
     build.add_argument("--root", action="append", required=True,
                        help="dataset folder (the .npz file for pneumoniamnist); one per --source, same order")  # fmt: skip
+    build.add_argument("--splits-from", action="append", default=[], metavar="SOURCE=ROOT",
+                       help="load this source only to decide the split of the patients it shares with the saved "
+                       "sources, without saving its images (e.g. nih_subset=ROOT gives nih_cxr8 the patient splits "
+                       "of a dataset built with nih_subset too); repeatable")  # fmt: skip
     build.add_argument("--out", required=True, help="output folder")
     build.add_argument("--resolution", type=positive_int, default=None,
                        help="resize and pad images to RESOLUTIONxRESOLUTION while saving (aspect ratio kept)")  # fmt: skip
@@ -116,12 +120,25 @@ def _build(args: argparse.Namespace) -> int:
         raise DataError(f"--resolution must be at least {MIN_RESOLUTION} pixels, not {args.resolution}.")
     from cxr_diffusers.utils.output_dir import check_output_dir
 
-    check_output_dir(args.out, overwrite=args.overwrite, protected=args.root, flag="--out")
+    split_sources = []
+    for spec in args.splits_from:
+        source, _, root = spec.partition("=")
+        if source not in SOURCES or not root:
+            raise DataError(f"--splits-from takes SOURCE=ROOT with SOURCE one of {', '.join(SOURCES)}, not {spec!r}.")
+        split_sources.append((source, root))
+    check_output_dir(args.out, overwrite=args.overwrite, protected=[*args.root, *(r for _, r in split_sources)],
+                     flag="--out")
     start = time.perf_counter()
     from cxr_diffusers.data import concatenate_sources, save_dataset
 
     loaded = []
     patient_splits: dict[str, str] = {}  # patients seen in earlier sources keep their split in later ones
+    for source, root in split_sources:
+        _log(f"loading {source} from {root} for its patient splits only ...")
+        for split, ds in _load(source, root, args, patient_splits).items():
+            for patient in ds["patient_id"]:
+                if patient:
+                    patient_splits.setdefault(patient, split)
     for source, root in zip(args.source, args.root):
         _log(f"loading {source} from {root} ...")
         dsd = _load(source, root, args, patient_splits)
@@ -142,7 +159,8 @@ def _build(args: argparse.Namespace) -> int:
         num_proc=args.num_proc,
         overwrite=args.overwrite,
         pretty_name=args.name,
-        notes=[f"built by `cxr-diffusers data build` from {', '.join(args.source)} (seed {args.seed})"],
+        notes=[f"built by `cxr-diffusers data build` from {', '.join(args.source)} (seed {args.seed})"
+               + (f"; patient splits shared with {', '.join(s for s, _ in split_sources)}" if split_sources else "")],
     )
     elapsed = time.perf_counter() - start
     total = sum(len(ds) for ds in combined.values())
