@@ -10,6 +10,7 @@ import torch
 from conftest import FIXTURES_DIR, REPO_ROOT
 from PIL import Image
 
+from cxr_diffusers import read_provenance
 from cxr_diffusers.cli import main
 
 
@@ -75,6 +76,12 @@ def test_evaluate_is_deterministic_and_needs_no_classifier(tiny_model, tmp_path)
         assert diff.max() <= 1, fa.name
     assert "conditioning" not in a and any("conditioning check skipped" in n for n in a["notes"])
     assert "memorization" not in a
+    # --guidance-rescale reaches the pipeline (other images) and the records
+    assert main(args + ["--output-dir", str(tmp_path / "c"), "--guidance-rescale", "0.7"]) == 0
+    files_c = sorted((tmp_path / "c" / "generated").glob("*.png"))
+    assert any(np.asarray(Image.open(fa)).tobytes() != np.asarray(Image.open(fc)).tobytes()
+               for fa, fc in zip(files_a, files_c))
+    assert read_provenance(files_c[0])["guidance_rescale"] == 0.7
 
 
 def test_evaluate_bad_input(tiny_model, tmp_path, capsys):

@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="images per pipeline call (default 8)")
     parser.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
     parser.add_argument("--guidance", type=finite_float, default=4.0, help="classifier-free guidance scale (default 4)")
+    parser.add_argument("--guidance-rescale", type=finite_float, default=0.0,
+                        help="rescale the guided prediction towards the conditional one's std, in [0, 1] (Lin et al. "
+                             "2023; 0.7 for zero-terminal-SNR models; default 0 = off)")  # fmt: skip
     parser.add_argument("--scheduler", default=None, help="dpm++ (default), ddim, ddpm, euler or unipc")
     parser.add_argument("--size", type=int, default=None, help="image size (default: the model's)")
     parser.add_argument("--seed", type=seed_type, default=0, help="image i of prompt p uses seed + p * n + i (default 0)")
@@ -102,6 +105,7 @@ def evaluate_from_args(args: argparse.Namespace, model: str) -> dict:
         batch_size=args.batch_size,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
+        guidance_rescale=args.guidance_rescale,
         scheduler=args.scheduler,
         size=args.size,
         features=features,

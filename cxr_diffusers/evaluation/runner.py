@@ -100,6 +100,7 @@ class EvaluationConfig:
     batch_size: int = 8
     num_inference_steps: int = 25
     guidance_scale: float = 4.0
+    guidance_rescale: float = 0.0
     scheduler: str | None = None
     size: int | None = None
     features: Sequence[str] = ("vae", "classifier")
@@ -256,10 +257,12 @@ def generate_images(
     guidance_scale: float = 4.0,
     size: int | None = None,
     progress: bool = True,
+    guidance_rescale: float = 0.0,
 ):
     """Images (N, 1, H, W) in [0, 1], N = len(prompts) * num_images_per_prompt, image i of prompt p seeded with
     `seed + p * num_images_per_prompt + i` (the convention of `cxr-diffusers generate`, independent of the batch
-    size). Returns (images, prompt of each image, seed of each image, seconds per image)."""
+    size). Returns (images, prompt of each image, seed of each image, seconds per image). A non-zero
+    `guidance_rescale` is passed to the pipeline (Lin et al. 2023)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -279,6 +282,7 @@ def generate_images(
                     width=size,
                     num_inference_steps=num_inference_steps,
                     guidance_scale=guidance_scale,
+                    **({"guidance_rescale": guidance_rescale} if guidance_rescale else {}),
                     num_images_per_prompt=len(chunk),
                     generator=[torch.Generator().manual_seed(s) for s in chunk],
                     output_type="pt",
@@ -311,7 +315,7 @@ def generate(pipe, config: EvaluationConfig, size: int | None = None) -> Generat
     """`generate_images` with the settings of `config`, with each image's provenance record and tagged PIL image."""
     images, prompts, seeds, seconds = generate_images(
         pipe, config.prompts, config.num_images_per_prompt, config.seed, config.batch_size,
-        config.num_inference_steps, config.guidance_scale, size, config.progress,
+        config.num_inference_steps, config.guidance_scale, size, config.progress, config.guidance_rescale,
     )
     records = _generation_records(pipe, prompts, seeds, config, tuple(images.shape[-2:]))
     return GeneratedImages(images, prompts, seeds, seconds, records, _tagged_images(images, records))
@@ -339,6 +343,7 @@ def _generation_records(pipe, image_prompts: Sequence[str], seeds: Sequence[int]
             seed=int(seed),
             num_inference_steps=config.num_inference_steps,
             guidance_scale=float(config.guidance_scale),
+            **({"guidance_rescale": float(config.guidance_rescale)} if config.guidance_rescale else {}),
             height=int(size[0]),
             width=int(size[1]),
             scheduler=type(pipe.scheduler).__name__,
