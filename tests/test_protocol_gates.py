@@ -59,3 +59,23 @@ def test_cli_prints_the_table_writes_json_and_reads_vae_metrics(tmp_path, capsys
     assert rows[("VAE psnr", "all")] and not rows[("VAE ssim", "all")] and not rows[("VAE psnr", "jsrt")]
     with pytest.raises(SystemExit):
         protocol_gates.main([str(tmp_path / "missing.json")])
+
+
+def test_curve_projects_hours_to_each_gate(tmp_path):
+    import protocol_curve
+
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps(_metrics(w1=10.0, sharpness=0.2, fd=100.0, agreement=0.90)))
+    second.write_text(json.dumps(_metrics(w1=8.0, sharpness=0.3, fd=120.0, agreement=0.97)))
+    assert protocol_curve.main(["--point", f"1={first}", "--point", f"2={second}", "-o", str(tmp_path / "c")]) == 0
+    entries = {(e["gate"], e["group"]): e for e in json.loads((tmp_path / "c" / "curve.json").read_text())}
+    w1 = entries[("histogram W1", "adult normal")]
+    assert w1["values"] == [[1.0, 10.0], [2.0, 8.0]] and w1["target_value"] == 4.0
+    assert w1["projected_hours"] == pytest.approx(4.0)  # 2 grey levels per hour, 4 to go
+    assert entries[("sharpness ratio", "adult normal")]["projected_hours"] == pytest.approx(5.0)
+    fd = entries[("classifier FD", "adult normal")]
+    assert fd["projected_hours"] is None and "moving away" in fd["projection"]
+    assert entries[("prompt agreement", "adult normal")]["projection"] == "met"
+    assert (tmp_path / "c" / "curve.png").is_file()
+    with pytest.raises(SystemExit):
+        protocol_curve.main(["--point", f"soon={first}", "-o", str(tmp_path / "d")])
