@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 
 from cxr_diffusers import CXRInputError, CXRSuperResolutionModel, read_provenance
 from cxr_diffusers.data.super_resolution import (
+    blur_low_resolution,
     has_detail_for,
     high_resolution_pair,
     lanczos_upscale,
@@ -90,6 +91,31 @@ def test_make_low_resolution_refuses_non_square_or_non_multiple_images():
         make_low_resolution(Image.new("L", (70, 70)), 32)
     with pytest.raises(CXRInputError, match="scale must be an integer >= 2"):
         high_resolution_pair(Image.new("L", (70, 70)), 32, 1)
+
+
+def test_blur_low_resolution_softens_the_chosen_images_reproducibly():
+    image = torch.from_numpy(np.asarray(Image.open(NATIVE[0]).convert("L").resize((48, 48)), np.float32) / 127.5 - 1)
+    batch = image[None, None].repeat(6, 1, 1, 1)
+    same, sigmas = blur_low_resolution(batch, torch.Generator().manual_seed(0), 0.0, (0.5, 2.0))
+    assert torch.equal(same, batch) and sigmas == [0.0] * 6
+    blurred, sigmas = blur_low_resolution(batch, torch.Generator().manual_seed(0), 1.0, (0.5, 2.0))
+    again, _ = blur_low_resolution(batch, torch.Generator().manual_seed(0), 1.0, (0.5, 2.0))
+    assert torch.equal(blurred, again) and blurred.shape == batch.shape and all(0.5 <= s <= 2.0 for s in sigmas)
+    sharpness = [float(train_module().laplacian(x[None]).var()) for x in blurred]
+    original = float(train_module().laplacian(batch[:1]).var())
+    assert all(v < 0.8 * original for v in sharpness)
+    # stronger blur, less detail; the mean grey level is kept
+    order = np.argsort(sigmas)
+    assert sharpness[order[0]] > sharpness[order[-1]]
+    assert torch.allclose(blurred.mean(dim=(1, 2, 3)), batch.mean(dim=(1, 2, 3)), atol=0.02)
+    half, sigmas = blur_low_resolution(batch, torch.Generator().manual_seed(1), 0.5, (1.0, 1.0))
+    assert set(sigmas) <= {0.0, 1.0}
+    with pytest.raises(CXRInputError):
+        blur_low_resolution(batch, torch.Generator(), 1.5, (0.5, 2.0))
+
+
+def train_module():
+    return load_train_script("train_super_resolution")
 
 
 def test_aligned_crops_take_the_same_area_of_lr_and_hr():
@@ -159,7 +185,7 @@ def test_resume_with_the_discriminator_is_exact(sr_dataset, tmp_path):
     """6 steps in one run == 3 steps, stop, resume for 3 more from checkpoint-3 (model, EMA, optimizer, scheduler,
     discriminator and its optimizer), with the PatchGAN loss on from step 2."""
     disc = ["--disc_weight", "0.1", "--disc_start", "2", "--disc_layers", "1", "--disc_channels", "4",
-            "--laplacian_loss_weight", "0.1", "--validation_steps", "100", "--channels_last", "--logging_steps", "4"]
+            "--laplacian_loss_weight", "0.1", "--lr_blur_probability", "0.5", "--validation_steps", "100", "--channels_last", "--logging_steps", "4"]
     full, half = tmp_path / "full", tmp_path / "half"
     train(sr_dataset, full, *disc)
     records = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
@@ -194,6 +220,8 @@ def test_continues_from_a_pretrained_model_on_one_scale(smoke_run, sr_dataset, t
      "No training image is large enough for scale 10: it needs a longest side of at least 320 px"),
     (["--scale_factors", "2", "2"], "--scale_factors must be distinct integers >= 2"),
     (["--l1_weight", "0"], "give at least one reconstruction loss"),
+    (["--lr_blur_probability", "1.5"], "--lr_blur_probability must be in [0, 1]"),
+    (["--lr_blur_sigma", "2", "1"], "--lr_blur_sigma needs 0 < MIN <= MAX"),
     (["--pretrained_model_name_or_path", "/no/such/model"], "does not exist"),
 ])
 def test_bad_input_ends_in_one_sentence(sr_dataset, tmp_path, flags, message):

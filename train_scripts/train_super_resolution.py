@@ -70,6 +70,7 @@ from cxr_diffusers import (
     get_model_config,
 )
 from cxr_diffusers.data.super_resolution import (
+    blur_low_resolution,
     has_detail_for,
     high_resolution_pair,
     lanczos_upscale,
@@ -162,6 +163,11 @@ def parse_args(argv=None):
                         help="scales to train (default: all of the model's, e.g. 2 3)")
     parser.add_argument("--crop_size", type=int, default=192,
                         help="high-resolution crop side (divisible by every scale; LR crops are crop_size / s)")
+    parser.add_argument("--lr_blur_probability", type=float, default=0.0,
+                        help="share of training inputs blurred by a random Gaussian (generated images are softer "
+                             "than downsampled real ones; validation stays clean); default 0 = off")
+    parser.add_argument("--lr_blur_sigma", type=float, nargs=2, default=[0.5, 2.0], metavar=("MIN", "MAX"),
+                        help="range of the Gaussian's standard deviation in low-resolution pixels (default 0.5 2.0)")
     parser.add_argument("--l1_weight", type=float, default=1.0, help="L1 between the output and HR")
     parser.add_argument("--edge_loss_weight", type=float, default=0.0, help="Sobel-gradient L1 term (sharpness)")
     parser.add_argument("--laplacian_loss_weight", type=float, default=0.0,
@@ -233,6 +239,10 @@ def parse_args(argv=None):
         parser.error("give at least one reconstruction loss (--l1_weight, --edge_loss_weight or --laplacian_loss_weight)")
     if not 0 <= args.ema_decay < 1:
         parser.error(f"--ema_decay must be in [0, 1), got {args.ema_decay}")
+    if not 0 <= args.lr_blur_probability <= 1:
+        parser.error(f"--lr_blur_probability must be in [0, 1], got {args.lr_blur_probability}")
+    if not 0 < args.lr_blur_sigma[0] <= args.lr_blur_sigma[1]:
+        parser.error(f"--lr_blur_sigma needs 0 < MIN <= MAX, got {' '.join(map(str, args.lr_blur_sigma))}")
     args.base_resolution = args.base_resolution or args.resolution
     if args.scale_factors is not None and (len(set(args.scale_factors)) != len(args.scale_factors)
                                            or min(args.scale_factors) < 2):
@@ -520,6 +530,9 @@ def save_final_model(model: CXRSuperResolutionModel, folder: Path, dtype: str) -
 def loss_description(args) -> str:
     terms = [f"{w} x {name}" for w, name in ((args.l1_weight, "L1"), (args.edge_loss_weight, "Sobel-edge L1"),
                                              (args.laplacian_loss_weight, "Laplacian L1")) if w]
+    if args.lr_blur_probability:
+        terms.append(f"inputs blurred with probability {args.lr_blur_probability:g} (Gaussian sigma "
+                     f"{args.lr_blur_sigma[0]:g}-{args.lr_blur_sigma[1]:g} LR px)")
     if args.disc_weight:
         terms.append(f"{args.disc_weight} x adaptive weight x PatchGAN hinge ({args.disc_norm} norm, "
                      f"{args.disc_layers} layers, {args.disc_channels} channels) from step {args.disc_start}")
@@ -649,6 +662,8 @@ def main(argv=None):
                 ((args.seed * 1_000_003 + global_step) * 64 + micro) * 4096 + accelerator.process_index)
             lr, hr = (x.to(accelerator.device).contiguous(memory_format=memory_format)
                       for x in aligned_crops(train_pairs[scale], batch, scale, args.crop_size, generator))
+            if args.lr_blur_probability:
+                lr, _ = blur_low_resolution(lr, generator, args.lr_blur_probability, args.lr_blur_sigma)
             with accelerator.accumulate(*[m for m in (objective, discriminator) if m is not None]):
                 # Call the prepared module (DDP, autocast), not the unwrapped model.
                 output = objective(lr, scale).float()

@@ -8,16 +8,24 @@ square (`resize_and_pad`, aspect ratio kept, black padding, mode L), and the low
 
 Only images whose longest side is at least `base_resolution * scale` give real high-resolution detail
 (`has_detail_for`); smaller ones would teach the model to upscale an upscaled image.
+
+`blur_low_resolution` is the optional training degradation: generated 256 px images are softer than downsampled
+real ones, and a model trained only on the clean LR learns to keep that softness.
 """
 
 from __future__ import annotations
 
+import math
+
 import PIL.Image
+import torch
+import torch.nn.functional as F
 
 from ..errors import CXRInputError
 from .transforms import resize_and_pad
 
 __all__ = [
+    "blur_low_resolution",
     "has_detail_for",
     "high_resolution_pair",
     "lanczos_upscale",
@@ -68,3 +76,33 @@ def lanczos_upscale(lr_image: PIL.Image.Image, scale: int) -> PIL.Image.Image:
     _check(1, scale)
     return lr_image.convert("L").resize((lr_image.width * scale, lr_image.height * scale),
                                         resample=PIL.Image.Resampling.LANCZOS)
+
+
+def blur_low_resolution(low_resolution: torch.Tensor, generator: torch.Generator, probability: float,
+                        sigma_range: tuple[float, float]) -> tuple[torch.Tensor, list[float]]:
+    """Blur each LR image of a batch (N, 1, h, w) with probability `probability` by a Gaussian of standard deviation
+    drawn uniformly from `sigma_range` (in LR pixels; reflect padding), as the blind super-resolution degradations do.
+
+    Draws from `generator` only (so a resumed run blurs the same images). Returns the batch and each image's sigma
+    (0 for untouched images)."""
+    low, high = (float(v) for v in sigma_range)
+    if not 0.0 <= probability <= 1.0 or not 0.0 < low <= high:
+        raise CXRInputError(f"Blur needs a probability in [0, 1] and 0 < sigma_min <= sigma_max, got {probability} "
+                            f"and {sigma_range}.")
+    draws = torch.rand(len(low_resolution), 2, generator=generator).tolist()
+    out, sigmas = [], []
+    for image, (chance, where) in zip(low_resolution, draws):
+        sigma = low + (high - low) * where if chance < probability else 0.0
+        sigmas.append(sigma)
+        if sigma == 0.0:
+            out.append(image)
+            continue
+        radius = min(max(1, math.ceil(3 * sigma)), (min(image.shape[-2:]) - 1))
+        taps = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
+        kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+        kernel = kernel / kernel.sum()
+        x = F.pad(image[None], (radius, radius, radius, radius), mode="reflect")
+        x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+        x = F.conv2d(x, kernel.view(1, 1, -1, 1))
+        out.append(x[0])
+    return torch.stack(out), sigmas
