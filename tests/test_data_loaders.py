@@ -472,17 +472,6 @@ def test_nih_cxr8_split_by_patient_across_folders(shared_data, tmp_path):
         for patient in ds["patient_id"]:
             splits_of.setdefault(patient, set()).add(split)
     assert all(len(s) == 1 for s in splits_of.values())
-
-
-def test_jsrt_loader_with_masks(shared_data):
-    from cxr_diffusers.data import load_jsrt
-
-    data = load_jsrt(shared_data / "jsrt_768", check_images="exists")
-    rows = [r for ds in data.values() for r in ds.remove_columns("image")]
-    assert len(rows) == 247 and sum(bool(r["labels"]) for r in rows) == 154
-    assert all(r["mask_left_lung"] and r["mask_heart"] for r in rows)
-    assert {r["source"] for r in rows} == {"jsrt"} and rows[0]["prompt"].startswith("PA chest radiograph")
-    assert len({r["patient_id"] for r in rows}) == 247 and set(data) == {"train", "validation", "test"}
     # --splits-from: the same nih_cxr8 splits without saving nih_subset's images
     only = tmp_path / "nih_only"
     assert main(["data", "build", "--splits-from", f"nih_subset={shared_data / 'nih_subset_300'}",
@@ -494,3 +483,14 @@ def test_jsrt_loader_with_masks(shared_data):
         assert all(splits_of[patient] == {split} for patient in ds["patient_id"])
     assert main(["data", "build", "--splits-from", "nih_subset", "--source", "nih_cxr8", "--root", "x",
                  "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_jsrt_loader_with_masks(shared_data):
+    from cxr_diffusers.data import load_jsrt
+
+    data = load_jsrt(shared_data / "jsrt_768", check_images="exists")
+    rows = [r for ds in data.values() for r in ds.remove_columns("image")]
+    assert len(rows) == 247 and sum(bool(r["labels"]) for r in rows) == 154
+    assert all(r["mask_left_lung"] and r["mask_heart"] for r in rows)
+    assert {r["source"] for r in rows} == {"jsrt"} and rows[0]["prompt"].startswith("PA chest radiograph")
+    assert len({r["patient_id"] for r in rows}) == 247 and set(data) == {"train", "validation", "test"}
