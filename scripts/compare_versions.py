@@ -56,25 +56,27 @@ def _squash(group: str) -> str:
     return group.replace(" ", "")
 
 
-def read_run(folder: Path, groups, per_group: int | None, seed0: int, protocol_n: int) -> dict[str, list]:
-    """`{group: [(seed, PIL image), ...]}` from a protocol run's `generated/` PNGs (all of them when per_group is None)."""
+def read_run(folder: Path, groups) -> dict[str, list]:
+    """`{group: [(seed, PIL image), ...]}` (seed order) from a protocol run's `generated/` PNGs."""
     found: dict[str, list] = {g: [] for g in groups}
     names = {_squash(g): g for g in groups}
     for path in sorted((folder / "generated").glob("*.png")):
         match = _FILE.match(path.name)
         if match and match["group"] in names:
             found[names[match["group"]]].append((int(match["seed"]), path))
+    return {group: [(s, _tagged(p, group, s)) for s, p in sorted(items)] for group, items in found.items()}
+
+
+def first_images(run: dict[str, list], folder: Path, per_group: int, seed0: int, protocol_n: int) -> dict[str, list]:
+    """The first `per_group` images of each group, which must carry the protocol's seeds."""
     out = {}
-    for group in groups:
-        items = sorted(found[group])
-        if per_group is not None:
-            items = items[:per_group]
-            wanted = [seed0 + _group_index(group) * protocol_n + i for i in range(per_group)]
-            if [s for s, _ in items] != wanted:
-                raise SystemExit(f"error: {folder} has no images of {group!r} with seeds {wanted} "
-                                 f"(found {[s for s, _ in items]}); was it run with --prompt-groups "
-                                 f"-n {protocol_n} --seed {seed0}?")
-        out[group] = [(s, _tagged(p, group, s)) for s, p in items]
+    for group, items in run.items():
+        wanted = [seed0 + _group_index(group) * protocol_n + i for i in range(per_group)]
+        found = [s for s, _ in items[:per_group]]
+        if found != wanted:
+            raise SystemExit(f"error: {folder} has no images of {group!r} with seeds {wanted} (found {found}); "
+                             f"was it run with --prompt-groups -n {protocol_n} --seed {seed0}?")
+        out[group] = items[:per_group]
     return out
 
 
@@ -112,27 +114,30 @@ def sample_pipeline(path: str, groups, per_group: int, args) -> dict[str, list]:
     return out
 
 
-def real_images(data: str, split: str, groups, per_group: int | None, size: int, seed: int) -> dict[str, list]:
+def real_images(data: str, split: str, groups, size: int) -> dict[str, list]:
+    """Every real image of the split per prompt group (`fidelity.example_group`), fitted into `size`."""
     from cxr_diffusers.data import load_saved
     from cxr_diffusers.data.transforms import resize_and_pad
     from cxr_diffusers.evaluation.fidelity import example_group
 
     ds = load_saved(data)[split]
-    meta = ds.remove_columns("image")
     by_group: dict[str, list[int]] = {g: [] for g in groups}
-    for index, row in enumerate(meta):
+    for index, row in enumerate(ds.remove_columns("image")):
         group = example_group(row.get("source"), row.get("labels"), row.get("age"))
         if group in by_group:
             by_group[group].append(index)
+    empty = [g for g, indices in by_group.items() if not indices]
+    if empty:
+        raise SystemExit(f"error: the {split} split of {data} has no {empty[0]!r} images")
+    return {group: [resize_and_pad(ds[i]["image"], size) for i in indices] for group, indices in by_group.items()}
+
+
+def pick(real: dict[str, list], per_group: int, seed: int) -> dict[str, list]:
+    """A seeded choice of `per_group` real images of each group, in dataset order."""
     rng = np.random.default_rng(seed)
-    out = {}
-    for group, indices in by_group.items():
-        if not indices:
-            raise SystemExit(f"error: the {split} split of {data} has no {group!r} images")
-        if per_group is not None:
-            indices = sorted(rng.choice(indices, size=min(per_group, len(indices)), replace=False).tolist())
-        out[group] = [resize_and_pad(ds[int(i)]["image"], size) for i in indices]
-    return out
+    return {group: [images[i] for i in sorted(rng.choice(len(images), size=min(per_group, len(images)),
+                                                         replace=False).tolist())]
+            for group, images in real.items()}
 
 
 def zoom(image: Image.Image) -> Image.Image:
@@ -142,6 +147,7 @@ def zoom(image: Image.Image) -> Image.Image:
 
 
 def write_figure(real, versions: dict[str, dict], groups, size: int, path: Path) -> None:
+    from cxr_diffusers.provenance import derive_provenance
     from cxr_diffusers.utils.image_grid import make_grid
 
     tiles, labels = [], []
@@ -154,8 +160,6 @@ def write_figure(real, versions: dict[str, dict], groups, size: int, path: Path)
             for label, image in row:
                 tiles += [image, zoom(image)]
                 labels += [f"{group}: {label}", "2x lung crop"]
-    from cxr_diffusers.provenance import derive_provenance
-
     grid = make_grid(tiles, cols=2 * (1 + len(versions)), labels=labels)
     figure = Image.new("L", (grid.width, grid.height + 16), color=0)
     figure.paste(grid, (0, 0))
@@ -171,15 +175,12 @@ def write_histograms(real_all, versions_all: dict[str, dict], groups, path: Path
 
     from cxr_diffusers.evaluation.fidelity import histogram_w1, intensity_histogram
 
-    def arrays(images):
-        return np.stack([np.asarray(im, dtype=np.float32)[None] / 255.0 for im in images])
-
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.4), squeeze=False)
     for ax, group in zip(axes[0], groups):
-        real = arrays(real_all[group])
+        real = real_all[group]  # PIL lists: the fidelity measures convert them (features.images_to_tensor)
         ax.plot(intensity_histogram(real), color="black", lw=2, label=f"real ({len(real)})")
         for name, images in versions_all.items():
-            generated = arrays([im for _, im in images[group]])
+            generated = [im for _, im in images[group]]
             ax.plot(intensity_histogram(generated), lw=1.3,
                     label=f"{name} ({len(generated)}), W1 {histogram_w1(generated, real):.1f}")
         ax.set_title(group)
@@ -207,20 +208,19 @@ def main(argv=None) -> int:
         name, _, path = spec.partition("=")
         folder = Path(path)
         if (folder / "generated").is_dir():
-            shown[name] = read_run(folder, groups, args.per_group, args.seed, args.protocol_n)
-            everything[name] = read_run(folder, groups, None, args.seed, args.protocol_n)
+            everything[name] = read_run(folder, groups)
+            shown[name] = first_images(everything[name], folder, args.per_group, args.seed, args.protocol_n)
         elif (folder / "model_index.json").is_file():
             shown[name] = sample_pipeline(path, groups, args.per_group, args)
         else:
             raise SystemExit(f"error: {path} is neither a protocol run (generated/) nor a pipeline (model_index.json)")
-    real = real_images(args.real, args.split, groups, args.per_group, args.size, args.seed)
+    real = real_images(args.real, args.split, groups, args.size)
     figure = out / f"versions_{args.size}.png"
-    write_figure(real, shown, groups, args.size, figure)
+    write_figure(pick(real, args.per_group, args.seed), shown, groups, args.size, figure)
     print(f"wrote {figure}")
     if everything:
         histograms = out / "versions_histograms.png"
-        write_histograms(real_images(args.real, args.split, groups, None, args.size, args.seed), everything, groups,
-                         histograms)
+        write_histograms(real, everything, groups, histograms)
         print(f"wrote {histograms}")
     return 0
 

@@ -97,6 +97,14 @@ def _load(source: str, root: str, args, patient_splits: dict[str, str] | None = 
     return loader(root, **kwargs)
 
 
+def _remember_splits(dsd, patient_splits: dict[str, str]) -> None:
+    """Record the split of each patient of `dsd` not seen before (later sources give them the same split)."""
+    for split, ds in dsd.items():
+        for patient in ds["patient_id"]:
+            if patient:
+                patient_splits.setdefault(patient, split)
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -135,17 +143,11 @@ def _build(args: argparse.Namespace) -> int:
     patient_splits: dict[str, str] = {}  # patients seen in earlier sources keep their split in later ones
     for source, root in split_sources:
         _log(f"loading {source} from {root} for its patient splits only ...")
-        for split, ds in _load(source, root, args, patient_splits).items():
-            for patient in ds["patient_id"]:
-                if patient:
-                    patient_splits.setdefault(patient, split)
+        _remember_splits(_load(source, root, args, patient_splits), patient_splits)
     for source, root in zip(args.source, args.root):
         _log(f"loading {source} from {root} ...")
         dsd = _load(source, root, args, patient_splits)
-        for split, ds in dsd.items():
-            for patient in ds["patient_id"]:
-                if patient:
-                    patient_splits.setdefault(patient, split)
+        _remember_splits(dsd, patient_splits)
         counts = ", ".join(f"{split} {len(ds)}" for split, ds in dsd.items())
         _log(f"  {source}: {counts}")
         loaded.append(dsd)
