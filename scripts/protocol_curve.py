@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import protocol_gates  # noqa: E402
+import protocol_gates
 
 #: Gate name -> (direction, threshold from the row): +1 means "at least the target", -1 "at most".
 _DIRECTIONS = {"histogram W1": -1, "sharpness ratio": +1, "classifier FD": -1, "prompt agreement": +1}
